@@ -1,0 +1,1 @@
+"""Benchmarks for gradres_fused: `python -m bench` (see bench/__main__.py)."""

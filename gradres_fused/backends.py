@@ -1,0 +1,91 @@
+"""Backend registry and selection (DESIGN §3).
+
+A backend is a thin implementation of one contract: `mlp(x2d, w1, b1, w2, b2, alpha, **options)`
+and `conv2d(x, ...)` on already validated arguments, plus `unavailable(device, dtype)` returning the
+reason it cannot run there (None when it can). Selection happens before autograd records anything.
+
+`backend="auto"` takes the first available entry of AUTO_ORDER (fastest first) unless the
+environment variable GRADRES_BACKEND names one, which then must be available. A backend named
+explicitly (argument or variable) that cannot run raises with the reason; auto only ever picks
+backends that satisfy the same parity contract, so it never changes results beyond tolerance.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Union
+
+import torch
+
+from . import composite, reference
+
+ENV_VAR = "GRADRES_BACKEND"
+
+
+def _always(device: torch.device, dtype: torch.dtype) -> Optional[str]:
+    return None
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    mlp: Callable
+    conv2d: Callable
+    unavailable: Callable[[torch.device, torch.dtype], Optional[str]] = _always
+    # False: the dispatcher runs float16/bfloat16 inputs on float32 copies (fp32 accumulation).
+    native_low_precision: bool = False
+
+
+_REGISTRY: Dict[str, Backend] = {}
+# Fastest first; `reference` is never picked by auto (it is the slow ground truth).
+AUTO_ORDER = ("triton", "cpp", "composite")
+
+
+def register(backend: Backend) -> None:
+    _REGISTRY[backend.name] = backend
+
+
+register(Backend("reference", reference.gradres_mlp, reference.gradres_conv2d))
+register(Backend("composite", composite.gradres_mlp, composite.gradres_conv2d))
+
+
+def _devices(device) -> List[torch.device]:
+    if device is not None:
+        return [torch.device(device)]
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    return devices
+
+
+def available_backends(device: Union[str, torch.device, None] = None) -> List[str]:
+    """Names of the backends that can run on `device` (default: on any device present)."""
+    devices = _devices(device)
+    return [name for name, b in _REGISTRY.items()
+            if any(b.unavailable(dev, torch.float32) is None for dev in devices)]
+
+
+def get_backend(name: str, device: torch.device, dtype: torch.dtype) -> Backend:
+    """The backend to run for tensors on `device` with `dtype`; raises naming the alternatives."""
+    if not isinstance(name, str):
+        raise TypeError(f"backend: expected a str, got {type(name).__name__}")
+    source = "backend"
+    if name == "auto":
+        env = os.environ.get(ENV_VAR, "").strip()
+        if env and env != "auto":
+            name, source = env, f"{ENV_VAR} environment variable"
+        else:
+            for candidate in AUTO_ORDER:
+                b = _REGISTRY.get(candidate)
+                if b is not None and b.unavailable(device, dtype) is None:
+                    return b
+            raise RuntimeError(f"backend: no backend can run on {device} with {dtype}")
+    b = _REGISTRY.get(name)
+    if b is None:
+        raise ValueError(f"{source}: unknown backend {name!r}; expected 'auto' or one of "
+                         f"{available_backends(device)} (available on {device})")
+    reason = b.unavailable(device, dtype)
+    if reason is not None:
+        raise RuntimeError(f"{source}: backend {name!r} cannot run on {device} with {dtype}: "
+                           f"{reason}; available there: {available_backends(device)}")
+    return b

@@ -1,0 +1,100 @@
+"""Shared test helpers: fresh random inputs per run (seed printed, GRADRES_TEST_SEED to replay),
+input builders for both block families and the DESIGN §6 tolerances."""
+from __future__ import annotations
+
+import os
+import random
+import zlib
+
+import pytest
+import torch
+
+import gradres_fused as gf
+
+SEED = int(os.environ.get("GRADRES_TEST_SEED", random.SystemRandom().randrange(2**31)))
+ACTIVATIONS = sorted(gf.ACTIVATIONS)
+PARAM_NAMES = ("x", "w1", "b1", "w2", "b2", "alpha")
+
+
+def pytest_report_header(config):
+    return f"gradres_fused test seed: {SEED} (replay with GRADRES_TEST_SEED={SEED})"
+
+
+@pytest.fixture(autouse=True)
+def _seed(request):
+    """A fresh seed every run, derived per test so each test is replayable on its own."""
+    torch.manual_seed(SEED ^ zlib.crc32(request.node.nodeid.encode()))
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
+def mlp_inputs(n, dim, hidden, dtype=torch.float64, bias=True, device="cpu", scale=1.0):
+    """x (n, dim), w1 (hidden, dim), b1, w2 (dim, hidden), b2, alpha, all requiring grad."""
+    def t(*shape, s=1.0):
+        return (torch.randn(shape, dtype=dtype, device=device) * s).requires_grad_()
+    return (t(n, dim), t(hidden, dim, s=scale / dim ** 0.5), t(hidden) if bias else None,
+            t(dim, hidden, s=scale / hidden ** 0.5), t(dim) if bias else None, t(s=0.5))
+
+
+def conv_inputs(n, c, cm, h, w, k1=3, k2=3, dtype=torch.float64, bias=True, device="cpu"):
+    """x (n, c, h, w), w1 (cm, c, k1, k1), b1, w2 (c, cm, k2, k2), b2, alpha, all requiring grad."""
+    def t(*shape, s=1.0):
+        return (torch.randn(shape, dtype=dtype, device=device) * s).requires_grad_()
+    return (t(n, c, h, w), t(cm, c, k1, k1, s=(c * k1 * k1) ** -0.5), t(cm) if bias else None,
+            t(c, cm, k2, k2, s=(cm * k2 * k2) ** -0.5), t(c) if bias else None, t(s=0.5))
+
+
+def outputs_and_grads(fn, inputs, proj, second_order=False):
+    """y = fn(*inputs) and the gradients of Σ y·proj w.r.t. every input that requires grad.
+
+    With second_order, also the gradients of a gradient penalty Σ‖∂L/∂θ‖² (double backward).
+    Pass the same `proj` (shaped like y, i.e. like x) to the runs you compare."""
+    y = fn(*inputs)
+    wrt = [t for t in inputs if t is not None]
+    grads = torch.autograd.grad((y * proj).sum(), wrt, create_graph=second_order,
+                                allow_unused=True)
+    out = [y.detach()] + [g.detach() for g in grads if g is not None]
+    out_first = len(out)
+    if second_order:
+        penalty = sum((g * g).sum() for g in grads if g is not None)
+        gg = torch.autograd.grad(penalty, wrt, allow_unused=True)
+        out += [g for g in gg if g is not None]
+    return out, out_first
+
+
+def _rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def assert_parity(got, want, dtype, baseline=None, first_order=None):
+    """DESIGN §6 tolerances, output by output (`first_order`: how many leading outputs are y and
+    first-order gradients; the rest are double-backward outputs; default all first-order).
+
+    float64: max abs error ≤ 1e-9 (double backward: ≤ 1e-9·max(1, max|ref|), a third derivative).
+    Lower precision: ‖got − want‖/‖want‖ ≤ 1e-5 (float32) or 3e-3 (float16/bfloat16), `want`
+    being the reference in higher precision. Some outputs are ill-conditioned in low precision:
+    a one-element output is a full reduction that may cancel (ᾱ, the bias of a 1-channel layer:
+    10× the tolerance); ĝ of a 1-wide row is nearly sign(g); a double backward is a third
+    derivative (1e-3 in float32). `baseline`, the reference run in `dtype` itself, measures the
+    conditioning: an output may always be off by 4× the reference's own error in that precision.
+    """
+    assert len(got) == len(want)
+    first_order = len(got) if first_order is None else first_order
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert a.shape == b.shape, f"output {i}: shape {tuple(a.shape)} vs {tuple(b.shape)}"
+        if not a.numel():
+            continue
+        if dtype == torch.float64:
+            err = (a - b).abs().max().item()
+            tol = 1e-9 if i < first_order else 1e-9 * max(1.0, b.abs().max().item())
+            assert err <= tol, f"output {i}: max abs error {err:.3e} > {tol:.1e}"
+            continue
+        tol = 1e-5 if dtype == torch.float32 else 3e-3
+        if i >= first_order:
+            tol = max(tol, 1e-3)
+        if a.numel() == 1:
+            tol *= 10
+        if baseline is not None:
+            tol = max(tol, 4 * _rel(baseline[i], b))
+        rel = _rel(a, b)
+        assert rel <= tol, f"output {i}: relative error {rel:.3e} > {tol:.3e}"
