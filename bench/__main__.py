@@ -1,11 +1,16 @@
 """`python -m bench`: parity against `reference` and timings of every backend, side by side.
 
-For each workload × activation × mode it runs, in one process on the same inputs: `plain` (F(x)+x,
-the baseline), then every backend available on the device. It reports forward and training-step
-(forward + backward) times as median [20%, 80%] quantiles, the step-time ratio over `plain` and over
-`reference`, and the largest relative error of y and the gradients against `reference`. CPU timings
-alternate the peers round-robin so drift hits all alike; GPU timings use CUDA events.
-Results go to bench/results/<device>-<YYYYMMDD>.json (or --out) and a markdown table beside it.
+For each workload × dtype × activation × mode it runs, in one process on the same inputs and
+weights: `plain` (F(x)+x, the baseline), every backend of DESIGN §3 eagerly, and `reference` and
+`composite` under torch.compile(fullgraph=True). A backend that cannot run here still gets a row,
+with a status saying why. Per row: forward and training-step (forward + backward) time as median
+and 20/80% quantiles, ratio over `plain` and over eager `reference`, the largest relative error of
+y and every gradient against eager `reference`, memory kept for backward (any device) and peak
+memory (GPU), and on GPU the % of roofline from DESIGN §2's GEMM count and the compulsory bytes
+against a matmul and a copy measured in the same run. Peers are timed round-robin so drift hits
+all alike.
+
+Writes bench/results/<device>-<YYYYMMDD>.json (or --out), a markdown table and a PNG chart beside it.
 """
 from __future__ import annotations
 
@@ -16,180 +21,252 @@ import os
 import platform
 import statistics
 import sys
-import time
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
 import gradres_fused as gf
-from bench.workloads import WORKLOADS
+from gradres_fused.backends import KNOWN, unavailable_reason
+from bench.measure import (ceilings, peak_mem_mb, quantiles, roofline_pct, saved_tensor_mb, sync,
+                           time_once)
+from bench.workloads import WORKLOADS, Case, step_units
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+COMPILED = ("reference", "composite")  # the peers the issue measures under torch.compile
+HEADER = ("workload", "dtype", "activation", "mode", "backend", "compiled", "fwd_ms", "step_ms",
+          "vs_plain", "vs_reference", "roofline_pct", "max_rel_err", "status")
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device).replace(" ", "-")
     return f"cpu-{platform.machine()}-{os.cpu_count()}cores"
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def _short(e: BaseException) -> str:
+    line = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {line[:200]}"
 
 
-def _timer(device):
-    """A callable timing fn() once in milliseconds."""
-    if device.type == "cuda":
-        def run(fn):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize(device)
-            return start.elapsed_time(end)
-    else:
-        def run(fn):
-            t0 = time.perf_counter()
-            fn()
-            return (time.perf_counter() - t0) * 1e3
-    return run
+def _step(fwd, case: Case):
+    y = fwd()
+    return torch.autograd.grad((y * case.proj).sum(), case.params, allow_unused=True)
 
 
-def _quantiles(samples: List[float]) -> Dict[str, float]:
-    qs = statistics.quantiles(samples, n=10) if len(samples) > 1 else [samples[0]] * 9
-    return {"median": statistics.median(samples), "q20": qs[1], "q80": qs[7]}
-
-
-def _grads_of(fn, inputs, proj):
-    y = fn(*inputs)
-    grads = torch.autograd.grad((y * proj).sum(), inputs)
-    return [y.detach()] + list(grads)
+def _outputs(fwd, case: Case) -> List[torch.Tensor]:
+    y = fwd()
+    grads = torch.autograd.grad((y * case.proj).sum(), case.params, allow_unused=True)
+    return [y.detach()] + [g for g in grads if g is not None]
 
 
 def _max_rel_err(got, want) -> float:
+    if len(got) != len(want):
+        return float("inf")
     return max(((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
                for a, b in zip(got, want))
 
 
+def _peers(case: Case, device, dtype, compile_: bool) -> Tuple[Dict, Dict]:
+    """(runnable peers {(backend, compiled): forward}, skipped peers {(backend, compiled): status})."""
+    peers, skipped = {("plain", False): case.forward("plain")}, {}
+    for name in KNOWN:
+        reason = unavailable_reason(name, device, dtype)
+        if reason is not None:
+            skipped[(name, False)] = f"unavailable: {reason}"
+            continue
+        peers[(name, False)] = case.forward(name)
+    for name in COMPILED:
+        if (name, False) not in peers:
+            continue
+        if not compile_:
+            skipped[(name, True)] = "skipped: compiled peers off (--quick or --no-compile)"
+            continue
+        torch._dynamo.reset()
+        compiled = torch.compile(case.forward(name), fullgraph=True)
+        try:
+            _step(compiled, case)
+            peers[(name, True)] = compiled
+        except Exception as e:  # PyTorch refuses e.g. autograd.grad inside a compiled graph
+            skipped[(name, True)] = f"unsupported: {_short(e)}"
+    return peers, skipped
+
+
+def measure_case(wl, tier, dtype, device, activation, detach, args, ceil) -> List[dict]:
+    torch.manual_seed(0)
+    case = wl.case(tier, dtype, device, activation, detach)
+    peers, skipped = _peers(case, device, dtype, args.compile)
+    want = _outputs(peers[("reference", False)], case)
+    errs = {k: (None if k[0] == "plain" else _max_rel_err(_outputs(f, case), want))
+            for k, f in peers.items()}
+    mem = {k: (saved_tensor_mb(f), peak_mem_mb(lambda: _step(f, case), device))
+           for k, f in peers.items()}
+
+    def fwd_only(f):
+        with torch.no_grad():
+            f()
+    for _ in range(2):  # warm-up, and a step-time estimate to size the repeats
+        for f in peers.values():
+            fwd_only(f)
+            _step(f, case)
+    sync(device)
+    est = sum(time_once(lambda: _step(f, case), device) for f in peers.values())
+    reps = args.reps or max(3, min(30, int(args.seconds * 1e3 / max(est, 1e-3))))
+    fwd = {k: [] for k in peers}
+    step = {k: [] for k in peers}
+    for _ in range(reps):  # round-robin
+        for k, f in peers.items():
+            fwd[k].append(time_once(lambda: fwd_only(f), device))
+            step[k].append(time_once(lambda: _step(f, case), device))
+    base = statistics.median(step[("plain", False)])
+    ref = statistics.median(step[("reference", False)])
+    common = {"workload": wl.name, "shape": wl.describe(tier), "tier": tier,
+              "dtype": str(dtype).replace("torch.", ""), "activation": activation,
+              "mode": "detach" if detach else "second-order", "reps": reps}
+    rows = []
+    for k in list(peers) + list(skipped):
+        row = dict(common, backend=k[0], compiled=k[1], fwd_ms=None, fwd_ms_q20=None,
+                   fwd_ms_q80=None, step_ms=None, step_ms_q20=None, step_ms_q80=None,
+                   saved_mb=None, peak_mem_mb=None, vs_plain=None, vs_reference=None,
+                   roofline_pct=None, max_rel_err=None, status=skipped.get(k, "ok"))
+        if k in peers:
+            fq, sq = quantiles(fwd[k]), quantiles(step[k])
+            flops = (None if case.unit_flops is None
+                     else case.unit_flops * step_units(k[0], detach))
+            row.update(fwd_ms=fq["median"], fwd_ms_q20=fq["q20"], fwd_ms_q80=fq["q80"],
+                       step_ms=sq["median"], step_ms_q20=sq["q20"], step_ms_q80=sq["q80"],
+                       saved_mb=mem[k][0], peak_mem_mb=mem[k][1],
+                       vs_plain=sq["median"] / base, vs_reference=sq["median"] / ref,
+                       roofline_pct=(roofline_pct(sq["median"], flops, case.min_bytes, ceil)
+                                     if ceil else None),
+                       max_rel_err=errs[k])
+        rows.append(row)
+        print_row(row)
+    return rows
+
+
 def run(args) -> dict:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = torch.float32
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    timer = _timer(device)
-    backends = gf.available_backends(device)
-    if args.backend:
-        backends = [b for b in backends if b == args.backend or b == "reference"]
+    tier = "quick" if args.quick else ("gpu" if device.type == "cuda" else "cpu")
+    dtypes = [torch.float32] + ([torch.bfloat16] if device.type == "cuda" else [])
     modes = {"detach": [True], "second-order": [False], "both": [True, False]}[args.mode]
-    workloads = [WORKLOADS[args.workload]] if args.workload else list(WORKLOADS.values())
-    reps = args.reps or (5 if args.quick else 20)
+    workloads = [WORKLOADS[w] for w in args.workload] if args.workload else list(WORKLOADS.values())
+    # Roofline is a GPU figure: on a CPU, oneDNN's Winograd 3×3 convolutions beat a direct-FLOP
+    # count and a GEMM ceiling means little, so CPU rows carry no roofline_pct.
+    ceil = ({str(dt).replace("torch.", ""): ceilings(device, dt, args.quick) for dt in dtypes}
+            if device.type == "cuda" else {})
+    print(f"device: {device_name(device)}; ceilings: {ceil or 'not measured on cpu'}", flush=True)
     rows = []
     for wl in workloads:
-        for activation in args.activations:
-            for detach in modes:
-                torch.manual_seed(0)
-                inputs = wl.inputs(args.quick, dtype, device)
-                proj = torch.randn_like(inputs[0])
-                peers = {"plain": wl.plain(activation)}
-                for name in backends:
-                    peers[name] = (lambda op, name: lambda *a: op(
-                        *a, activation=activation, detach=detach, backend=name))(wl.op(), name)
-                # Parity: every peer against the reference on the same inputs (fp32 here).
-                want = _grads_of(peers["reference"], inputs, proj)
-                errs = {n: (_max_rel_err(_grads_of(f, inputs, proj), want) if n != "plain"
-                            else None) for n, f in peers.items()}
-                fwd = {n: [] for n in peers}
-                step = {n: [] for n in peers}
-
-                def fwd_only(f):
-                    with torch.no_grad():
-                        f(*inputs)
-
-                def train_step(f):
-                    y = f(*inputs)
-                    torch.autograd.grad((y * proj).sum(), inputs, allow_unused=True)
-
-                for _ in range(2):  # warm-up
-                    for f in peers.values():
-                        train_step(f)
-                _sync(device)
-                for _ in range(reps):  # round-robin: drift hits every peer alike
-                    for n, f in peers.items():
-                        fwd[n].append(timer(lambda: fwd_only(f)))
-                        step[n].append(timer(lambda: train_step(f)))
-                base = statistics.median(step["plain"])
-                ref = statistics.median(step["reference"])
-                for n in peers:
-                    sq, fq = _quantiles(step[n]), _quantiles(fwd[n])
-                    rows.append({
-                        "workload": wl.name, "shape": wl.describe(args.quick),
-                        "dtype": str(dtype).replace("torch.", ""), "activation": activation,
-                        "backend": n, "mode": "detach" if detach else "second-order",
-                        "fwd_ms": fq["median"], "fwd_ms_q20": fq["q20"], "fwd_ms_q80": fq["q80"],
-                        "step_ms": sq["median"], "step_ms_q20": sq["q20"],
-                        "step_ms_q80": sq["q80"], "peak_mem_mb": None,
-                        "vs_plain": sq["median"] / base, "vs_reference": sq["median"] / ref,
-                        "roofline_pct": None, "max_rel_err": errs[n], "status": "ok",
-                    })
-                    _print_row(rows[-1])
+        for dtype in dtypes:
+            for activation in args.activations:
+                for detach in modes:
+                    rows += measure_case(wl, tier, dtype, device, activation, detach, args,
+                                         ceil.get(str(dtype).replace("torch.", "")))
+    if args.backend:
+        rows = [r for r in rows if r["backend"] in (args.backend, "plain", "reference")]
     return {
-        "device": _device_name(device),
+        "device": device_name(device),
         "versions": {"torch": torch.__version__, "python": platform.python_version(),
-                     "gradres_fused": gf.__version__},
-        "date": _dt.date.today().isoformat(), "quick": args.quick, "reps": reps, "rows": rows,
+                     "gradres_fused": gf.__version__,
+                     "cuda": torch.version.cuda if device.type == "cuda" else None},
+        "date": _dt.date.today().isoformat(), "tier": tier, "ceilings": ceil, "rows": rows,
     }
 
 
-HEADER = ("workload", "shape", "activation", "mode", "backend", "fwd_ms", "step_ms", "vs_plain",
-          "vs_reference", "max_rel_err")
-
-
-def _fmt(v):
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
     if isinstance(v, float):
-        return f"{v:.3g}" if v < 1e-2 else f"{v:.3f}"
-    return "-" if v is None else str(v)
+        return f"{v:.2e}" if (v != 0 and abs(v) < 1e-2) else f"{v:.3f}"
+    return str(v)
 
 
-def _print_row(row):
-    if not getattr(_print_row, "done", False):
+def print_row(row: dict) -> None:
+    if not getattr(print_row, "header_done", False):
         print(" | ".join(HEADER))
-        _print_row.done = True
-    print(" | ".join(_fmt(row[k]) for k in HEADER), flush=True)
+        print_row.header_done = True
+    print(" | ".join(_fmt(row[k]) if k != "status" or row[k] != "ok" else "ok"
+                     for k in HEADER), flush=True)
 
 
 def markdown(result: dict) -> str:
-    lines = [f"# {result['device']} — {result['date']} ({'quick' if result['quick'] else 'full'})",
-             "", f"versions: {result['versions']}", "",
-             "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(_fmt(r[k]) for k in HEADER) + " |" for r in result["rows"]]
+    lines = [f"# {result['device']} — {result['date']} (tier: {result['tier']})", "",
+             f"versions: {result['versions']}", "", f"ceilings: {result['ceilings']}", "",
+             "| " + " | ".join(("shape",) + HEADER) + " |", "|" + "---|" * (len(HEADER) + 1)]
+    lines += ["| " + " | ".join(_fmt(r[k]) for k in ("shape",) + HEADER) + " |"
+              for r in result["rows"]]
     return "\n".join(lines) + "\n"
+
+
+def chart(result: dict, path: str) -> Optional[str]:
+    """Training-step time over `plain`, one bar group per workload/mode. None if no matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = [r for r in result["rows"] if r["vs_plain"] is not None and r["backend"] != "plain"]
+    groups = sorted({(r["workload"], r["dtype"], r["activation"], r["mode"]) for r in rows})
+    peers = sorted({(r["backend"], r["compiled"]) for r in rows})
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(groups) + 2), 4.5))
+    width = 0.8 / max(1, len(peers))
+    for i, peer in enumerate(peers):
+        vals = []
+        for g in groups:
+            match = [r["vs_plain"] for r in rows
+                     if (r["workload"], r["dtype"], r["activation"], r["mode"]) == g
+                     and (r["backend"], r["compiled"]) == peer]
+            vals.append(match[0] if match else 0.0)
+        ax.bar([j + i * width for j in range(len(groups))], vals, width,
+               label=peer[0] + (" (compiled)" if peer[1] else ""))
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))])
+    ax.set_xticklabels(["\n".join(g) for g in groups], fontsize=7)
+    ax.set_ylabel("training step time / plain residual")
+    ax.set_title(f"gradres_fused on {result['device']} ({result['date']})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="small shapes, few repeats")
+    p.add_argument("--quick", action="store_true",
+                   help="small shapes, few repeats, no compiled peers (CI smoke)")
     p.add_argument("--out", help="JSON path (default bench/results/<device>-<YYYYMMDD>.json)")
-    p.add_argument("--workload", choices=sorted(WORKLOADS))
-    p.add_argument("--backend", help="time only this backend (plus plain and reference)")
+    p.add_argument("--workload", nargs="+", choices=sorted(WORKLOADS))
+    p.add_argument("--backend", choices=list(KNOWN),
+                   help="report only this backend (plus plain and reference)")
     p.add_argument("--mode", choices=["detach", "second-order", "both"], default="both")
     p.add_argument("--activations", nargs="+", default=["relu", "silu"],
                    choices=sorted(gf.ACTIVATIONS))
-    p.add_argument("--reps", type=int, help="timed repeats per peer")
+    p.add_argument("--reps", type=int, help="timed repeats per peer (default: sized by --seconds)")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="rough timing budget per case in seconds (default 1 quick, 6 full)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="measure torch.compile peers (default: on, off with --quick)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     args = p.parse_args(argv)
-    if args.backend and args.backend not in gf.available_backends(args.device):
-        p.error(f"--backend: {args.backend!r} is not available here; available: "
-                f"{gf.available_backends(args.device)}")
+    args.compile = (not args.quick) if args.compile is None else args.compile
+    args.seconds = args.seconds or (1.0 if args.quick else 6.0)
     result = run(args)
     out = args.out or os.path.join(
         HERE, "results", f"{result['device']}-{result['date'].replace('-', '')}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    stem = os.path.splitext(out)[0]
     with open(out, "w") as f:
         json.dump(result, f, indent=1)
-    with open(os.path.splitext(out)[0] + ".md", "w") as f:
+    with open(stem + ".md", "w") as f:
         f.write(markdown(result))
-    print(f"wrote {out}")
+    png = chart(result, stem + ".png")
+    print(f"wrote {out}, {stem}.md" + (f", {png}" if png else " (no matplotlib: no chart)"))
     return 0
 
 

@@ -37,6 +37,8 @@ class Backend:
 
 
 _REGISTRY: Dict[str, Backend] = {}
+# Every backend of DESIGN §3; the compiled ones register themselves when their build is present.
+KNOWN = ("reference", "composite", "cpp", "triton")
 # Fastest first; `reference` is never picked by auto (it is the slow ground truth).
 AUTO_ORDER = ("triton", "cpp", "composite")
 
@@ -63,6 +65,15 @@ def available_backends(device: Union[str, torch.device, None] = None) -> List[st
     devices = _devices(device)
     return [name for name, b in _REGISTRY.items()
             if any(b.unavailable(dev, torch.float32) is None for dev in devices)]
+
+
+def unavailable_reason(name: str, device, dtype: torch.dtype = torch.float32) -> Optional[str]:
+    """Why backend `name` cannot run on `device` with `dtype`, or None when it can."""
+    b = _REGISTRY.get(name)
+    if b is None:
+        return ("not part of this build (it registers itself once built and importable)"
+                if name in KNOWN else f"unknown backend; known: {list(KNOWN)}")
+    return b.unavailable(torch.device(device), dtype)
 
 
 def get_backend(name: str, device: torch.device, dtype: torch.dtype) -> Backend:
