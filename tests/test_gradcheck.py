@@ -4,7 +4,6 @@ differentiates; in detach mode ĝ is a stop-gradient, so detach mode is checked 
 import functools
 
 import pytest
-import torch
 from torch.autograd import gradcheck, gradgradcheck
 
 import gradres_fused as gf
