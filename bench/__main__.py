@@ -49,13 +49,13 @@ def _short(e: BaseException) -> str:
 
 
 def _step(fwd, case: Case):
+    """One training step: y and the gradients of Σ y·proj w.r.t. the case's parameters."""
     y = fwd()
-    return torch.autograd.grad((y * case.proj).sum(), case.params, allow_unused=True)
+    return y, torch.autograd.grad((y * case.proj).sum(), case.params, allow_unused=True)
 
 
 def _outputs(fwd, case: Case) -> List[torch.Tensor]:
-    y = fwd()
-    grads = torch.autograd.grad((y * case.proj).sum(), case.params, allow_unused=True)
+    y, grads = _step(fwd, case)
     return [y.detach()] + [g for g in grads if g is not None]
 
 
