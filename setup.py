@@ -11,15 +11,48 @@ from setuptools import setup
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+def _use_cuda() -> bool:
+    """CUDA build when a toolkit and a CUDA-enabled torch are usable, or FORCE_CUDA=1."""
+    if os.environ.get("FORCE_CUDA", "0") == "1":
+        return True
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    return torch.version.cuda is not None and CUDA_HOME is not None
+
+
 def extension_modules():
-    """gradres_fused._C from csrc/, or nothing while csrc/ has no sources."""
+    """gradres_fused._C from csrc/: a CppExtension, or a CUDAExtension (adding csrc/cuda/) when
+    CUDA is usable. A CPU-only build never needs nvcc."""
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     if not sources:
         return [], {}
-    from torch.utils.cpp_extension import BuildExtension, CppExtension
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
-    ext = CppExtension("gradres_fused._C", sources, extra_compile_args={"cxx": ["-O3"]})
-    return [ext], {"build_ext": BuildExtension}
+    # -fno-math-errno lets `#pragma omp simd` loops call vector exp/erf/tanh (glibc libmvec);
+    # -fno-trapping-math lets GCC turn compares (relu's step, …) into vector selects instead of
+    # branches (5 ms vs 0.3 ms per 2M-element pass). Neither changes a result: no FP-exception or
+    # errno state is read anywhere.
+    cxx = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
+    if _use_cuda():
+        cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.c*")))
+        ext = CUDAExtension(
+            "gradres_fused._C", sources + cuda_sources, define_macros=[("WITH_CUDA", None)],
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo"]},
+            extra_link_args=["-fopenmp"])
+    else:
+        ext = CppExtension("gradres_fused._C", sources, extra_compile_args={"cxx": cxx},
+                           extra_link_args=["-fopenmp"])
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=_has_ninja())}
+
+
+def _has_ninja() -> bool:
+    try:
+        import ninja  # noqa: F401
+        return True
+    except ImportError:
+        import shutil
+        return shutil.which("ninja") is not None
 
 
 ext_modules, cmdclass = extension_modules()

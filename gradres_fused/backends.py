@@ -17,7 +17,7 @@ from typing import Callable, Dict, List, Optional, Union
 
 import torch
 
-from . import composite, reference
+from . import composite, cpp, reference
 
 ENV_VAR = "GRADRES_BACKEND"
 
@@ -32,8 +32,9 @@ class Backend:
     mlp: Callable
     conv2d: Callable
     unavailable: Callable[[torch.device, torch.dtype], Optional[str]] = _always
-    # False: the dispatcher runs float16/bfloat16 inputs on float32 copies (fp32 accumulation).
-    native_low_precision: bool = False
+    # False on a device: the dispatcher runs float16/bfloat16 inputs there on float32 copies
+    # (float32 accumulation); True: the backend takes them as they are.
+    native_low_precision: Callable[[torch.device], bool] = lambda device: False
 
 
 _REGISTRY: Dict[str, Backend] = {}
@@ -41,6 +42,7 @@ _REGISTRY: Dict[str, Backend] = {}
 KNOWN = ("reference", "composite", "cpp", "triton")
 # Fastest first; `reference` is never picked by auto (it is the slow ground truth).
 AUTO_ORDER = ("triton", "cpp", "composite")
+_REASONS = {"cpp": cpp.IMPORT_ERROR}  # why a known backend did not register
 
 
 def register(backend: Backend) -> None:
@@ -49,6 +51,9 @@ def register(backend: Backend) -> None:
 
 register(Backend("reference", reference.gradres_mlp, reference.gradres_conv2d))
 register(Backend("composite", composite.gradres_mlp, composite.gradres_conv2d))
+if cpp.IMPORT_ERROR is None:
+    register(Backend("cpp", cpp.gradres_mlp, cpp.gradres_conv2d, cpp.unavailable,
+                     cpp.native_low_precision))
 
 
 def _devices(device) -> List[torch.device]:
@@ -71,8 +76,9 @@ def unavailable_reason(name: str, device, dtype: torch.dtype = torch.float32) ->
     """Why backend `name` cannot run on `device` with `dtype`, or None when it can."""
     b = _REGISTRY.get(name)
     if b is None:
-        return ("not part of this build (it registers itself once built and importable)"
-                if name in KNOWN else f"unknown backend; known: {list(KNOWN)}")
+        if name not in KNOWN:
+            return f"unknown backend; known: {list(KNOWN)}"
+        return _REASONS.get(name) or "not part of this build (registers itself once importable)"
     return b.unavailable(torch.device(device), dtype)
 
 

@@ -45,9 +45,8 @@ def mix(f: Tensor, x: Tensor, g_hat: Tensor, alpha: Tensor) -> Tensor:
     return f + (1 - m) * x + m * g_hat
 
 
-def backward_formulas(fam, act: Activation, y_bar: Tensor, x, w1, b1, w2, b2, alpha,
-                      parts: Parts, detach: bool, needs=(True,) * 6
-                      ) -> Tuple[Optional[Tensor], ...]:
+def backward_formulas(fam, act: Activation, y_bar: Tensor, x, w1, w2, alpha, parts: Parts,
+                      detach: bool, needs=(True,) * 6) -> Tuple[Optional[Tensor], ...]:
     """(x̄, W̄1, b̄1, W̄2, b̄2, ᾱ) of DESIGN §2; entries not in `needs` come back as None."""
     z, s, d, g_hat, r = parts
     m = torch.sigmoid(alpha.reshape(()))
@@ -58,7 +57,7 @@ def backward_formulas(fam, act: Activation, y_bar: Tensor, x, w1, b1, w2, b2, al
     d1 = act.d1(z)
     a = act.fn(z)
     w2_bar = fam.lin2_weight_grad(a, y_bar, w2) if needs[3] else None
-    b2_bar = fam.channel_sum(y_bar) if (needs[4] and b2 is not None) else None
+    b2_bar = fam.channel_sum(y_bar) if needs[4] else None
     z_bar = fam.lin2_adjoint(y_bar, w2) * d1
 
     if detach:
@@ -79,8 +78,19 @@ def backward_formulas(fam, act: Activation, y_bar: Tensor, x, w1, b1, w2, b2, al
             w1_bar = fam.lin1_weight_grad(torch.cat([x, g_bar]), torch.cat([z_bar, d]), w1)
 
     x_bar = (1 - m) * y_bar + fam.lin1_adjoint(z_bar, w1) if needs[0] else None
-    b1_bar = fam.channel_sum(z_bar) if (needs[2] and b1 is not None) else None
+    b1_bar = fam.channel_sum(z_bar) if needs[2] else None
     return x_bar, w1_bar, b1_bar, w2_bar, b2_bar, alpha_bar
+
+
+def recomputed_backward(fam, act: Activation, y_bar, x, w1, b1, w2, alpha, normalize: bool,
+                        eps: float, detach: bool, needs=(True,) * 6):
+    """`backward_formulas` with the intermediates rebuilt from the inputs, all in differentiable
+    ops: the gradient of the backward itself (double backward, gradient penalties) is exact. In
+    detach mode ĝ is a stop-gradient feature, constant for every derivative order."""
+    parts = forward_parts(fam, act, x, w1, b1, w2, normalize, eps)
+    if detach:
+        parts = parts._replace(g_hat=parts.g_hat.detach())
+    return backward_formulas(fam, act, y_bar, x, w1, w2, alpha, parts, detach, needs)
 
 
 class CompositeGradRes(torch.autograd.Function):
@@ -92,26 +102,24 @@ class CompositeGradRes(torch.autograd.Function):
         fam, act = FAMILIES[family], get_activation(activation)
         parts = forward_parts(fam, act, x, w1, b1, w2, normalize, eps)
         y = mix(fam.lin2(act.fn(parts.z), w2, b2), x, parts.g_hat, alpha)
-        ctx.save_for_backward(x, w1, b1, w2, b2, alpha, parts.z, parts.g_hat, parts.r)
+        ctx.save_for_backward(x, w1, b1, w2, alpha, parts.z, parts.g_hat, parts.r)
         ctx.config = (family, activation, normalize, eps, detach)
         return y
 
     @staticmethod
     def backward(ctx, y_bar):
-        x, w1, b1, w2, b2, alpha, z, g_hat, r = ctx.saved_tensors
+        x, w1, b1, w2, alpha, z, g_hat, r = ctx.saved_tensors
         family, activation, normalize, eps, detach = ctx.config
         fam, act = FAMILIES[family], get_activation(activation)
+        needs = ctx.needs_input_grad[:6]
         if torch.is_grad_enabled():
-            # create_graph: rebuild the intermediates from the saved inputs so that this
-            # backward is differentiable with respect to them (the saved z, ĝ carry no graph).
-            parts = forward_parts(fam, act, x, w1, b1, w2, normalize, eps)
-            if detach:  # ĝ is a stop-gradient feature: constant for every derivative order
-                parts = parts._replace(g_hat=parts.g_hat.detach())
+            # create_graph: the saved z, ĝ carry no graph, so rebuild them from the saved inputs.
+            grads = recomputed_backward(fam, act, y_bar, x, w1, b1, w2, alpha, normalize, eps,
+                                        detach, needs)
         else:
             s = fam.smap(w2, x)
             parts = Parts(z, s, None if detach else act.d1(z) * s, g_hat, r)
-        grads = backward_formulas(fam, act, y_bar, x, w1, b1, w2, b2, alpha, parts, detach,
-                                  ctx.needs_input_grad[:6])
+            grads = backward_formulas(fam, act, y_bar, x, w1, w2, alpha, parts, detach, needs)
         return (*grads, None, None, None, None, None)
 
 

@@ -10,7 +10,7 @@ from .validation import LOW_PRECISION, AlphaLike, check_conv2d, check_mlp
 
 
 def _run(impl, backend: Backend, x: Tensor, w1, b1, w2, b2, alpha: Tensor, **options) -> Tensor:
-    if x.dtype in LOW_PRECISION and not backend.native_low_precision:
+    if x.dtype in LOW_PRECISION and not backend.native_low_precision(x.device):
         # Accumulate in float32: run on float32 copies; autograd casts the gradients back.
         up = [None if t is None else t.float() for t in (x, w1, b1, w2, b2, alpha)]
         return impl(*up, **options).to(x.dtype)

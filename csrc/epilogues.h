@@ -1,0 +1,52 @@
+// The fused elementwise / reduction stages of the gradient residual block (DESIGN §1–§2), on 2-D
+// contiguous views: "rows" are samples (MLP rows, or conv samples flattened), P = hidden width
+// (H, or Cm·H·W for conv), Q = block width (D, or C·H·W). Everything between the GEMMs/convs runs
+// here in one pass per stage. Each entry point dispatches on the device: CPU implementations in
+// epilogues_cpu.cpp (at::parallel_for), CUDA ones in cuda/bindings.cpp around cuda/epilogues.cu.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "activations.h"
+
+namespace gradres {
+
+using at::Tensor;
+
+// a = φ(z), d = φ'(z)·s[p]      z, a, d: (rows, P); s: (P,)
+void act_fwd(const Tensor& z, const Tensor& s, Act act, Tensor& a, Tensor& d);
+
+// Per row n: r[n] = sqrt(Σ_q g² + eps²), g ← g/r (when normalize), f ← f + (1−m)·x + m·ĝ (= y).
+// f, g, x: (rows, Q); r: (rows,) (unused when !normalize); m = sigmoid(alpha[0]).
+void mix_fwd(Tensor& f, Tensor& g, const Tensor& x, const Tensor& alpha, bool normalize,
+             double eps, Tensor& r);
+
+// Per row: alpha_bar += m(1−m)·Σ ȳ(ĝ − x). Second order (!detach) also writes
+// ḡ = (mȳ − ĝ(ĝ·mȳ))/r (or mȳ) into g_bar and copies x into x_copy (the stacked GEMM operand).
+void mix_bwd(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x, const Tensor& r,
+             const Tensor& alpha, bool normalize, bool detach, Tensor& g_bar, Tensor& x_copy,
+             Tensor& alpha_bar);
+
+// a = φ(z); z̄ = ā·φ'(z) [+ d̄·s·φ''(z)]; d = φ'(z)·s; column sums: zbar_colsum[p] = Σ_n z̄,
+// s_bar[p] = Σ_n d̄·φ'(z). Second-order outputs (d, s_bar) and the d̄ input only when !detach.
+void act_bwd(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar, const Tensor& s, Act act,
+             bool detach, Tensor& a, Tensor& z_bar, Tensor& d, Tensor& zbar_colsum,
+             Tensor& s_bar);
+
+// out += (1 − m)·ȳ  (x̄'s identity-path term), m = sigmoid(alpha[0]).
+void add_skip_grad(Tensor& out, const Tensor& y_bar, const Tensor& alpha);
+
+#ifdef WITH_CUDA
+void act_fwd_cuda(const Tensor& z, const Tensor& s, Act act, Tensor& a, Tensor& d);
+void mix_fwd_cuda(Tensor& f, Tensor& g, const Tensor& x, const Tensor& alpha, bool normalize,
+                  double eps, Tensor& r);
+void mix_bwd_cuda(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x, const Tensor& r,
+                  const Tensor& alpha, bool normalize, bool detach, Tensor& g_bar,
+                  Tensor& x_copy, Tensor& alpha_bar);
+void act_bwd_cuda(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar, const Tensor& s,
+                  Act act, bool detach, Tensor& a, Tensor& z_bar, Tensor& d,
+                  Tensor& zbar_colsum, Tensor& s_bar);
+void add_skip_grad_cuda(Tensor& out, const Tensor& y_bar, const Tensor& alpha);
+#endif
+
+}  // namespace gradres

@@ -1,0 +1,277 @@
+// CPU implementations of the fused stages declared in epilogues.h: one at::parallel_for pass each.
+// Elementwise math runs in at::opmath_type; every reduction (row norms, dots, ᾱ, column sums over
+// up to N rows) accumulates in double, so float32 results stay within ~1e-7 of a float64 sum.
+#include "epilogues.h"
+
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/record_function.h>
+
+#include <cmath>
+#include <vector>
+
+namespace gradres {
+namespace {
+
+// Rows per task: enough work per chunk to amortize the thread hand-off.
+int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(cols, 1)); }
+
+template <typename T>
+T sigmoid_of(const Tensor& alpha) {
+  double a = alpha.item<double>();
+  return static_cast<T>(1.0 / (1.0 + std::exp(-a)));
+}
+
+template <typename scalar_t, Act A>
+void act_fwd_cpu(const Tensor& z, const Tensor& s, Tensor& a, Tensor& d) {
+  using Ops = ActOps<A>;
+  const int64_t rows = z.size(0), P = z.size(1);
+  const scalar_t* zp = z.data_ptr<scalar_t>();
+  const scalar_t* sp = s.data_ptr<scalar_t>();
+  scalar_t* ap = a.data_ptr<scalar_t>();
+  scalar_t* dp = d.data_ptr<scalar_t>();
+  at::parallel_for(0, rows, row_grain(P), [&](int64_t b, int64_t e) {
+    for (int64_t n = b; n < e; ++n) {
+      const int64_t o = n * P;
+#pragma omp simd
+      for (int64_t p = 0; p < P; ++p) {
+        const scalar_t v = zp[o + p];
+        ap[o + p] = Ops::f(v);
+        dp[o + p] = Ops::d1(v) * sp[p];
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void mix_fwd_cpu(Tensor& f, Tensor& g, const Tensor& x, const Tensor& alpha, bool normalize,
+                 double eps, Tensor& r) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t rows = f.size(0), Q = f.size(1);
+  const acc_t m = sigmoid_of<acc_t>(alpha), eps2 = acc_t(eps) * acc_t(eps);
+  scalar_t* fp = f.data_ptr<scalar_t>();
+  scalar_t* gp = g.data_ptr<scalar_t>();
+  const scalar_t* xp = x.data_ptr<scalar_t>();
+  scalar_t* rp = normalize ? r.data_ptr<scalar_t>() : nullptr;
+  at::parallel_for(0, rows, row_grain(Q), [&](int64_t b, int64_t e) {
+    for (int64_t n = b; n < e; ++n) {
+      scalar_t* fr = fp + n * Q;
+      scalar_t* gr = gp + n * Q;
+      const scalar_t* xr = xp + n * Q;
+      acc_t scale = acc_t(1);
+      if (normalize) {
+        double ss = 0;
+#pragma omp simd reduction(+ : ss)
+        for (int64_t q = 0; q < Q; ++q) ss += double(gr[q]) * double(gr[q]);
+        const acc_t rr = acc_t(std::sqrt(ss + double(eps2)));
+        rp[n] = scalar_t(rr);
+        scale = acc_t(1) / rr;
+      }
+#pragma omp simd
+      for (int64_t q = 0; q < Q; ++q) {
+        const acc_t gh = acc_t(gr[q]) * scale;
+        gr[q] = scalar_t(gh);
+        fr[q] = scalar_t(acc_t(fr[q]) + (acc_t(1) - m) * acc_t(xr[q]) + m * gh);
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void mix_bwd_cpu(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x, const Tensor& r,
+                 const Tensor& alpha, bool normalize, bool detach, Tensor& g_bar,
+                 Tensor& x_copy, Tensor& alpha_bar) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t rows = y_bar.size(0), Q = y_bar.size(1);
+  const acc_t m = sigmoid_of<acc_t>(alpha);
+  const scalar_t* yb = y_bar.data_ptr<scalar_t>();
+  const scalar_t* gh = g_hat.data_ptr<scalar_t>();
+  const scalar_t* xp = x.data_ptr<scalar_t>();
+  const scalar_t* rp = (normalize && !detach) ? r.data_ptr<scalar_t>() : nullptr;
+  scalar_t* gb = detach ? nullptr : g_bar.data_ptr<scalar_t>();
+  scalar_t* xc = detach ? nullptr : x_copy.data_ptr<scalar_t>();
+  const double total = at::parallel_reduce(
+      0, rows, row_grain(Q), 0.0,
+      [&](int64_t b, int64_t e, double part) {
+        for (int64_t n = b; n < e; ++n) {
+          const int64_t o = n * Q;
+          double row = 0, dot_d = 0;  // Σ ȳ(ĝ − x) and ĝ·ȳ of this row
+#pragma omp simd reduction(+ : row, dot_d)
+          for (int64_t q = 0; q < Q; ++q) {
+            const double y = yb[o + q], g = gh[o + q];
+            row += y * (g - double(xp[o + q]));
+            dot_d += g * y;
+          }
+          part += row;
+          const acc_t dot = acc_t(dot_d);
+          if (detach) continue;
+          if (normalize) {
+            const acc_t inv_r = acc_t(1) / acc_t(rp[n]);
+#pragma omp simd
+            for (int64_t q = 0; q < Q; ++q) {
+              gb[o + q] = scalar_t(m * (acc_t(yb[o + q]) - acc_t(gh[o + q]) * dot) * inv_r);
+              xc[o + q] = xp[o + q];
+            }
+          } else {
+#pragma omp simd
+            for (int64_t q = 0; q < Q; ++q) {
+              gb[o + q] = scalar_t(m * acc_t(yb[o + q]));
+              xc[o + q] = xp[o + q];
+            }
+          }
+        }
+        return part;
+      },
+      std::plus<double>());
+  alpha_bar.fill_(double(m) * (1.0 - double(m)) * total);
+}
+
+template <typename scalar_t, Act A>
+void act_bwd_cpu(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar, const Tensor& s,
+                 bool detach, Tensor& a, Tensor& z_bar, Tensor& d, Tensor& zbar_colsum,
+                 Tensor& s_bar) {
+  using Ops = ActOps<A>;
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t rows = z.size(0), P = z.size(1);
+  const scalar_t* zp = z.data_ptr<scalar_t>();
+  const scalar_t* ab = a_bar.data_ptr<scalar_t>();
+  const scalar_t* db = detach ? nullptr : d_bar.data_ptr<scalar_t>();
+  const scalar_t* sp = s.data_ptr<scalar_t>();
+  scalar_t* ap = a.data_ptr<scalar_t>();
+  scalar_t* zb = z_bar.data_ptr<scalar_t>();
+  scalar_t* dp = detach ? nullptr : d.data_ptr<scalar_t>();
+  // Column sums: each chunk of rows (≤ row_grain) sums in acc_t (same type as the loop, so it
+  // vectorizes), then adds its sums into its thread's double partials, added up after the pass.
+  const int threads = at::get_num_threads();
+  const int64_t nsum = detach ? 1 : 2;
+  std::vector<double> partial(static_cast<size_t>(threads) * nsum * P, 0.0);
+  at::parallel_for(0, rows, row_grain(P), [&](int64_t b, int64_t e) {
+    std::vector<acc_t> chunk(static_cast<size_t>(nsum * P), acc_t(0));
+    acc_t* __restrict zc = chunk.data();
+    acc_t* __restrict sc = zc + (detach ? 0 : P);
+    const scalar_t* __restrict zr = zp;
+    const scalar_t* __restrict abr = ab;
+    const scalar_t* __restrict dbr = db;
+    const scalar_t* __restrict sr = sp;
+    scalar_t* __restrict ar = ap;
+    scalar_t* __restrict zbr = zb;
+    scalar_t* __restrict dr = dp;
+    for (int64_t n = b; n < e; ++n) {
+      const int64_t o = n * P;
+      if (detach) {
+#pragma omp simd
+        for (int64_t p = 0; p < P; ++p) {
+          const acc_t v = zr[o + p];
+          const acc_t zbar = acc_t(abr[o + p]) * Ops::d1(v);
+          ar[o + p] = scalar_t(Ops::f(v));
+          zbr[o + p] = scalar_t(zbar);
+          zc[p] += zbar;
+        }
+        continue;
+      }
+#pragma omp simd
+      for (int64_t p = 0; p < P; ++p) {
+        const acc_t v = zr[o + p];
+        const acc_t d1 = Ops::d1(v), dbar = dbr[o + p], sv = sr[p];
+        acc_t zbar = acc_t(abr[o + p]) * d1;
+        if (!Ops::kD2IsZero) zbar += dbar * sv * Ops::d2(v);
+        ar[o + p] = scalar_t(Ops::f(v));
+        zbr[o + p] = scalar_t(zbar);
+        dr[o + p] = scalar_t(d1 * sv);
+        zc[p] += zbar;
+        sc[p] += dbar * d1;
+      }
+    }
+    double* mine = partial.data() + static_cast<size_t>(at::get_thread_num()) * nsum * P;
+    for (int64_t i = 0; i < nsum * P; ++i) mine[i] += double(chunk[i]);
+  });
+  scalar_t* zcs = zbar_colsum.data_ptr<scalar_t>();
+  scalar_t* scs = detach ? nullptr : s_bar.data_ptr<scalar_t>();
+  for (int64_t p = 0; p < P; ++p) {
+    double zs = 0, ss = 0;
+    for (int t = 0; t < threads; ++t) {
+      zs += partial[(static_cast<size_t>(t) * nsum) * P + p];
+      if (!detach) ss += partial[(static_cast<size_t>(t) * nsum + 1) * P + p];
+    }
+    zcs[p] = scalar_t(zs);
+    if (!detach) scs[p] = scalar_t(ss);
+  }
+}
+
+template <typename scalar_t>
+void add_skip_grad_cpu(Tensor& out, const Tensor& y_bar, const Tensor& alpha) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const acc_t k = acc_t(1) - sigmoid_of<acc_t>(alpha);
+  scalar_t* op = out.data_ptr<scalar_t>();
+  const scalar_t* yb = y_bar.data_ptr<scalar_t>();
+  at::parallel_for(0, out.numel(), 32768, [&](int64_t b, int64_t e) {
+#pragma omp simd
+    for (int64_t i = b; i < e; ++i) op[i] = scalar_t(acc_t(op[i]) + k * acc_t(yb[i]));
+  });
+}
+
+}  // namespace
+
+#define GRADRES_CPU_FLOATS(t, name, ...) AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), name, __VA_ARGS__)
+
+void act_fwd(const Tensor& z, const Tensor& s, Act act, Tensor& a, Tensor& d) {
+  RECORD_FUNCTION("gradres::act_fwd", std::vector<c10::IValue>());
+#ifdef WITH_CUDA
+  if (z.is_cuda()) return act_fwd_cuda(z, s, act, a, d);
+#endif
+  GRADRES_CPU_FLOATS(z, "gradres act_fwd", [&] {
+    GRADRES_DISPATCH_ACT(act, [&] { act_fwd_cpu<scalar_t, A>(z, s, a, d); });
+  });
+}
+
+void mix_fwd(Tensor& f, Tensor& g, const Tensor& x, const Tensor& alpha, bool normalize,
+             double eps, Tensor& r) {
+  RECORD_FUNCTION("gradres::mix_fwd", std::vector<c10::IValue>());
+#ifdef WITH_CUDA
+  if (f.is_cuda()) return mix_fwd_cuda(f, g, x, alpha, normalize, eps, r);
+#endif
+  GRADRES_CPU_FLOATS(f, "gradres mix_fwd", [&] {
+    mix_fwd_cpu<scalar_t>(f, g, x, alpha, normalize, eps, r);
+  });
+}
+
+void mix_bwd(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x, const Tensor& r,
+             const Tensor& alpha, bool normalize, bool detach, Tensor& g_bar, Tensor& x_copy,
+             Tensor& alpha_bar) {
+  RECORD_FUNCTION("gradres::mix_bwd", std::vector<c10::IValue>());
+#ifdef WITH_CUDA
+  if (y_bar.is_cuda())
+    return mix_bwd_cuda(y_bar, g_hat, x, r, alpha, normalize, detach, g_bar, x_copy, alpha_bar);
+#endif
+  GRADRES_CPU_FLOATS(y_bar, "gradres mix_bwd", [&] {
+    mix_bwd_cpu<scalar_t>(y_bar, g_hat, x, r, alpha, normalize, detach, g_bar, x_copy,
+                          alpha_bar);
+  });
+}
+
+void act_bwd(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar, const Tensor& s, Act act,
+             bool detach, Tensor& a, Tensor& z_bar, Tensor& d, Tensor& zbar_colsum,
+             Tensor& s_bar) {
+  RECORD_FUNCTION("gradres::act_bwd", std::vector<c10::IValue>());
+#ifdef WITH_CUDA
+  if (z.is_cuda())
+    return act_bwd_cuda(z, a_bar, d_bar, s, act, detach, a, z_bar, d, zbar_colsum, s_bar);
+#endif
+  GRADRES_CPU_FLOATS(z, "gradres act_bwd", [&] {
+    GRADRES_DISPATCH_ACT(act, [&] {
+      act_bwd_cpu<scalar_t, A>(z, a_bar, d_bar, s, detach, a, z_bar, d, zbar_colsum, s_bar);
+    });
+  });
+}
+
+void add_skip_grad(Tensor& out, const Tensor& y_bar, const Tensor& alpha) {
+  RECORD_FUNCTION("gradres::add_skip_grad", std::vector<c10::IValue>());
+#ifdef WITH_CUDA
+  if (out.is_cuda()) return add_skip_grad_cuda(out, y_bar, alpha);
+#endif
+  GRADRES_CPU_FLOATS(out, "gradres add_skip_grad", [&] {
+    add_skip_grad_cpu<scalar_t>(out, y_bar, alpha);
+  });
+}
+
+}  // namespace gradres
