@@ -45,8 +45,11 @@ void check_inputs(const Tensor& x, const Tensor& w1, const c10::optional<Tensor>
   TORCH_CHECK_VALUE(alpha.numel() == 1, "alpha: expected one element, got ", alpha.sizes());
 }
 
-// A (rows, cols) contiguous view of a contiguous tensor whose leading dim is the sample.
-Tensor rows_view(const Tensor& t) { return t.view({t.size(0), t.numel() / std::max<int64_t>(t.size(0), 1)}); }
+// A (rows, cols) view of a contiguous tensor whose leading dim is the sample (cols stays right
+// for an empty batch, where the column sums must still cover every column).
+Tensor rows_view(const Tensor& t) {
+  return t.view({t.size(0), c10::multiply_integers(t.sizes().slice(1))});
+}
 
 Tensor empty_r(const Tensor& x, bool normalize) {
   return at::empty({normalize ? x.size(0) : 0}, x.options());

@@ -7,6 +7,7 @@ taken by autograd), so a gradient of the backward — and any higher order — i
 """
 from __future__ import annotations
 
+import importlib
 from typing import Optional
 
 import torch
@@ -16,7 +17,7 @@ from .activations import get_activation
 from .blocks import FAMILIES
 
 try:
-    from . import _C  # noqa: F401  (loading it registers the ops)
+    importlib.import_module(".._C", __name__)  # loading the library registers the ops
     IMPORT_ERROR: Optional[str] = None
 except ImportError as e:  # not built: the backend reports why instead of registering
     IMPORT_ERROR = f"the C++ extension gradres_fused._C is not built ({e})"
@@ -93,27 +94,29 @@ def _register(family: str) -> None:
         ctx.config = (activation, normalize, eps, detach)
 
     def _bwd_backward(ctx, *out_grads):
-        """VJP of the fused backward through the composite formulas."""
-        saved = ctx.saved_tensors
+        """VJP of the fused backward through the composite formulas (torch.func.vjp treats the
+        saved tensors as independent primals — ȳ may itself depend on x — and keeps the result
+        differentiable for the next order)."""
         activation, normalize, eps, detach = ctx.config
-        needs = ctx.needs_input_grad[:6]
-        with torch.enable_grad():
-            # Differentiate w.r.t. the saved tensors themselves (keeps higher orders connected);
-            # a stand-in leaf where one does not require grad.
-            wrt = [t if t is None or t.requires_grad else t.detach().requires_grad_(n)
-                   for t, n in zip(saved, needs)]
-            y_bar, x, w1, b1, w2, alpha = wrt
+        y_bar, x, w1, b1, w2, alpha = ctx.saved_tensors
+        primals = (y_bar, x, w1, w2, alpha) + (() if b1 is None else (b1,))
+
+        def fused_backward(y_bar, x, w1, w2, alpha, *maybe_b1):
             outs = composite.recomputed_backward(
-                fam, get_activation(activation), y_bar, x, w1, b1, w2, alpha, normalize, eps,
-                detach, needs=(True, True, b1 is not None, True, True, True))
-            pairs = [(o, g) for o, g in zip(outs, out_grads)
-                     if o is not None and g is not None and o.requires_grad]
-            inputs = [t for t, n in zip(wrt, needs) if n]
-            grads = iter(torch.autograd.grad(
-                [o for o, _ in pairs], inputs, [g for _, g in pairs], allow_unused=True,
-                create_graph=torch.is_grad_enabled()) if pairs and inputs else ())
-        result = [next(grads) if n else None for n in needs]
-        return (*result, None, None, None, None, None, None, None)
+                fam, get_activation(activation), y_bar, x, w1, maybe_b1[0] if maybe_b1 else None,
+                w2, alpha, normalize, eps, detach,
+                needs=(True, True, bool(maybe_b1), True, True, True))
+            return tuple(torch.zeros_like(alpha) if o is None else o for o in outs)
+
+        outs, vjp = torch.func.vjp(fused_backward, *primals)
+        cotangents = tuple(torch.zeros_like(o) if g is None else g
+                           for o, g in zip(outs, out_grads))
+        grads = vjp(cotangents)
+        by_input = (grads[0], grads[1], grads[2], grads[5] if b1 is not None else None,
+                    grads[3], grads[4])
+        needs = ctx.needs_input_grad[:6]
+        return (*(g if n else None for g, n in zip(by_input, needs)),
+                None, None, None, None, None, None, None)
 
     torch.library.register_autograd(bwd_name, _bwd_backward, setup_context=_bwd_setup)
 

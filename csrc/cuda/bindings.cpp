@@ -1,0 +1,95 @@
+// CUDA side of the epilogues.h entry points: takes ATen tensors, the current stream and scratch
+// from the caching allocator, and launches the torch-free kernels of epilogues.cu. Compiled only
+// in a CUDAExtension build (WITH_CUDA), next to the ATen GEMMs/convs of ops.cpp.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "../epilogues.h"
+#include "epilogues.cuh"
+
+namespace gradres {
+namespace {
+
+template <typename S> struct CudaType { using type = S; };
+template <> struct CudaType<at::Half> { using type = __half; };
+template <> struct CudaType<at::BFloat16> { using type = __nv_bfloat16; };
+
+template <typename S>
+typename CudaType<S>::type* ptr(const Tensor& t) {
+  return t.defined() ? reinterpret_cast<typename CudaType<S>::type*>(t.data_ptr<S>()) : nullptr;
+}
+
+at::ScalarType acc_type(const Tensor& t) {
+  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+#define GRADRES_CUDA_FLOATS(t, name, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), name, __VA_ARGS__)
+
+}  // namespace
+
+void act_fwd_cuda(const Tensor& z, const Tensor& s, Act act, Tensor& a, Tensor& d) {
+  c10::cuda::CUDAGuard guard(z.device());
+  GRADRES_CUDA_FLOATS(z, "gradres act_fwd_cuda", [&] {
+    cuda::act_fwd(ptr<scalar_t>(z), ptr<scalar_t>(s), ptr<scalar_t>(a), ptr<scalar_t>(d),
+                  z.size(0), z.size(1), act, at::cuda::getCurrentCUDAStream());
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void mix_fwd_cuda(Tensor& f, Tensor& g, const Tensor& x, const Tensor& alpha, bool normalize,
+                  double eps, Tensor& r) {
+  c10::cuda::CUDAGuard guard(f.device());
+  GRADRES_CUDA_FLOATS(f, "gradres mix_fwd_cuda", [&] {
+    cuda::mix_fwd(ptr<scalar_t>(f), ptr<scalar_t>(g), ptr<scalar_t>(x), ptr<scalar_t>(alpha),
+                  normalize ? ptr<scalar_t>(r) : nullptr, f.size(0), f.size(1), normalize, eps,
+                  at::cuda::getCurrentCUDAStream());
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void mix_bwd_cuda(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x, const Tensor& r,
+                  const Tensor& alpha, bool normalize, bool detach, Tensor& g_bar,
+                  Tensor& x_copy, Tensor& alpha_bar) {
+  c10::cuda::CUDAGuard guard(y_bar.device());
+  Tensor row_partial = at::empty({std::max<int64_t>(y_bar.size(0), 1)},
+                                 y_bar.options().dtype(acc_type(y_bar)));
+  GRADRES_CUDA_FLOATS(y_bar, "gradres mix_bwd_cuda", [&] {
+    cuda::mix_bwd(ptr<scalar_t>(y_bar), ptr<scalar_t>(g_hat), ptr<scalar_t>(x),
+                  (normalize && !detach) ? ptr<scalar_t>(r) : nullptr, ptr<scalar_t>(alpha),
+                  detach ? nullptr : ptr<scalar_t>(g_bar), detach ? nullptr : ptr<scalar_t>(x_copy),
+                  ptr<scalar_t>(alpha_bar), row_partial.data_ptr(), y_bar.size(0), y_bar.size(1),
+                  normalize, detach, at::cuda::getCurrentCUDAStream());
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void act_bwd_cuda(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar, const Tensor& s,
+                  Act act, bool detach, Tensor& a, Tensor& z_bar, Tensor& d,
+                  Tensor& zbar_colsum, Tensor& s_bar) {
+  c10::cuda::CUDAGuard guard(z.device());
+  Tensor scratch = at::empty({cuda::act_bwd_scratch_elems(z.size(0), z.size(1), detach)},
+                             z.options().dtype(acc_type(z)));
+  GRADRES_CUDA_FLOATS(z, "gradres act_bwd_cuda", [&] {
+    cuda::act_bwd(ptr<scalar_t>(z), ptr<scalar_t>(a_bar), detach ? nullptr : ptr<scalar_t>(d_bar),
+                  ptr<scalar_t>(s), ptr<scalar_t>(a), ptr<scalar_t>(z_bar),
+                  detach ? nullptr : ptr<scalar_t>(d), ptr<scalar_t>(zbar_colsum),
+                  detach ? nullptr : ptr<scalar_t>(s_bar), scratch.data_ptr(), z.size(0),
+                  z.size(1), act, detach, at::cuda::getCurrentCUDAStream());
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void add_skip_grad_cuda(Tensor& out, const Tensor& y_bar, const Tensor& alpha) {
+  c10::cuda::CUDAGuard guard(out.device());
+  GRADRES_CUDA_FLOATS(out, "gradres add_skip_grad_cuda", [&] {
+    cuda::add_skip_grad(ptr<scalar_t>(out), ptr<scalar_t>(y_bar), ptr<scalar_t>(alpha),
+                        out.numel(), at::cuda::getCurrentCUDAStream());
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace gradres

@@ -1,0 +1,150 @@
+"""The `cpp` backend beyond parity (which test_parity.py / test_gradcheck.py run for every backend):
+torch.library.opcheck on every op, op-level bad input, strides, third order through the fused
+backward, torch.compile tracing, and CUDA parity when a GPU and a CUDA build are present."""
+import functools
+
+import pytest
+import torch
+
+import gradres_fused as gf
+from gradres_fused import cpp
+from conftest import ACTIVATIONS, assert_parity, conv_inputs, mlp_inputs, outputs_and_grads
+
+pytestmark = pytest.mark.skipif(cpp.IMPORT_ERROR is not None,
+                                reason=f"cpp backend not built: {cpp.IMPORT_ERROR}")
+ops = torch.ops.gradres_fused
+
+
+def _detached(inputs):
+    return [None if t is None else t.detach() for t in inputs]
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("normalize", [True, False], ids=["norm", "raw"])
+@pytest.mark.parametrize("detach", [True, False], ids=["detach", "second_order"])
+@pytest.mark.parametrize("family", ["mlp", "conv"])
+def test_opcheck(family, detach, normalize, bias):
+    if family == "mlp":
+        x, w1, b1, w2, b2, alpha = mlp_inputs(5, 4, 3, bias=bias)
+    else:
+        x, w1, b1, w2, b2, alpha = conv_inputs(2, 2, 3, 5, 3, bias=bias)
+    alpha = alpha.detach().reshape(1).requires_grad_()
+    fwd, bwd = getattr(ops, f"{family}_fwd"), getattr(ops, f"{family}_bwd")
+    args = (x, w1, b1, w2, b2, alpha, "silu", normalize, 1e-6, detach)
+    torch.library.opcheck(fwd, args)
+    _, z, g_hat, r = fwd(*_detached(args[:6]), *args[6:])
+    y_bar = torch.randn_like(x)
+    tests = ("test_schema", "test_autograd_registration", "test_faketensor",
+             "test_aot_dispatch_dynamic")
+    if family == "conv":
+        # The conv backward's own backward differentiates convolution_backward, whose double
+        # backward (ConvolutionBackwardBackward0) PyTorch cannot trace with symbolic shapes
+        # ("SymIntArrayRef expected to contain only concrete integers"): trace it static.
+        tests = tests[:3] + ("test_aot_dispatch_static",)
+    torch.library.opcheck(bwd, (y_bar.requires_grad_(), x, w1, b1, w2, alpha, z, g_hat, r,
+                                "silu", normalize, 1e-6, detach), test_utils=tests)
+
+
+def test_op_errors_name_the_argument():
+    x, w1, b1, w2, b2, alpha = _detached(mlp_inputs(4, 3, 5))
+    with pytest.raises(TypeError, match="w2"):
+        ops.mlp_fwd(x, w1, b1, w2.float(), b2, alpha, "relu", True, 1e-6, True)
+    with pytest.raises(ValueError, match="activation"):
+        ops.mlp_fwd(x, w1, b1, w2, b2, alpha, "mish", True, 1e-6, True)
+    with pytest.raises(ValueError, match="mlp_fwd"):
+        ops.mlp_fwd(x, w1.t(), b1, w2, b2, alpha, "relu", True, 1e-6, True)
+    cx, cw1, cb1, cw2, cb2, calpha = _detached(conv_inputs(1, 2, 3, 5, 5))
+    with pytest.raises(ValueError, match="odd"):
+        ops.conv_fwd(cx, cw1[..., :2, :2], cb1, cw2, cb2, calpha, "relu", True, 1e-6, True)
+
+
+def test_non_contiguous_inputs_give_reference_results():
+    """Transposed and sliced views: the op makes them contiguous rather than read by stride."""
+    x, w1, b1, w2, b2, alpha = _detached(mlp_inputs(6, 5, 7))
+    xt = x.t().contiguous().t().requires_grad_()            # column-major x
+    w1s = torch.randn(7, 10, dtype=torch.float64)[:, ::2].requires_grad_()  # strided w1
+    inputs = [xt, w1s, b1.requires_grad_(), w2.requires_grad_(), b2.requires_grad_(),
+              alpha.requires_grad_()]
+    assert not xt.is_contiguous() and not w1s.is_contiguous()
+    proj = torch.randn(6, 5, dtype=torch.float64)
+    for detach in (True, False):
+        got, n = outputs_and_grads(functools.partial(gf.gradres_mlp, backend="cpp",
+                                                     detach=detach), inputs, proj)
+        want, _ = outputs_and_grads(functools.partial(gf.gradres_mlp, backend="reference",
+                                                      detach=detach), inputs, proj)
+        assert_parity(got, want, torch.float64, first_order=n)
+
+
+def test_conv_empty_batch_gradients_are_zero():
+    x, w1, b1, w2, b2, alpha = conv_inputs(0, 2, 3, 5, 3)
+    y = gf.gradres_conv2d(x, w1, b1, w2, b2, alpha, backend="cpp", detach=False)
+    y.sum().backward()
+    for t in (w1, b1, w2, b2, alpha):
+        assert torch.equal(t.grad, torch.zeros_like(t)), t.shape
+
+
+@pytest.mark.parametrize("detach", [True, False], ids=["detach", "second_order"])
+def test_third_order_through_fused_backward(detach):
+    """∂/∂x of a double backward: the fused backward's own backward (composite VJP) is itself
+    differentiable, so the third derivative matches the composite backend's."""
+    base = mlp_inputs(3, 4, 5)
+
+    def third(backend):
+        x, w1, b1, w2, b2, alpha = [t.detach().requires_grad_() for t in base]
+        y = gf.gradres_mlp(x, w1, b1, w2, b2, alpha, activation="tanh", detach=detach,
+                           backend=backend)
+        (gx,) = torch.autograd.grad((y * y).sum(), x, create_graph=True)
+        (gw,) = torch.autograd.grad((gx * gx).sum(), w1, create_graph=True)
+        return torch.autograd.grad(gw.sum(), [x, w2, alpha])
+
+    for a, b in zip(third("cpp"), third("composite")):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+def test_torch_compile_fullgraph_traces_the_ops():
+    torch._dynamo.reset()
+    model = torch.nn.Sequential(gf.GradResMLP(6, 8, activation="silu", backend="cpp"),
+                                gf.GradResMLP(6, 8, detach=False, backend="cpp"))
+    x = torch.randn(5, 6)
+    compiled = torch.compile(model, fullgraph=True)
+    y_eager, y_comp = model(x), compiled(x)
+    torch.testing.assert_close(y_comp, y_eager, rtol=1e-5, atol=1e-6)
+    g_eager = torch.autograd.grad(y_eager.square().sum(), list(model.parameters()))
+    g_comp = torch.autograd.grad(y_comp.square().sum(), list(model.parameters()))
+    for a, b in zip(g_comp, g_eager):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+# ---- CUDA (skipped without a GPU and a CUDA build) ------------------------------------------------
+cuda_only = pytest.mark.skipif(not (torch.cuda.is_available() and cpp.built_with_cuda()),
+                               reason="needs a CUDA device and gradres_fused._C built with CUDA")
+
+
+def _to(inputs, device, dtype):
+    return [None if t is None else t.detach().to(device, dtype).requires_grad_() for t in inputs]
+
+
+@cuda_only
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16],
+                         ids=["f64", "f32", "bf16", "f16"])
+@pytest.mark.parametrize("detach", [True, False], ids=["detach", "second_order"])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("family", ["mlp", "conv"])
+def test_cuda_parity(family, activation, detach, dtype):
+    """CUDA kernels against the CPU float64 reference, at sizes that exercise the vector paths,
+    warp-per-row and block-per-row reductions and several column chunks."""
+    if family == "mlp":
+        base, op = mlp_inputs(1031, 64, 96), gf.gradres_mlp
+    else:
+        base, op = conv_inputs(3, 16, 24, 17, 13), gf.gradres_conv2d
+    fn = functools.partial(op, activation=activation, detach=detach)
+    proj = torch.randn(base[0].shape, dtype=torch.float64)
+    want, _ = outputs_and_grads(functools.partial(fn, backend="reference"), base, proj)
+    got, n = outputs_and_grads(functools.partial(fn, backend="cpp"), _to(base, "cuda", dtype),
+                               proj.to("cuda", dtype))
+    baseline, _ = outputs_and_grads(functools.partial(fn, backend="reference"),
+                                    _to(base, "cuda", dtype), proj.to("cuda", dtype))
+    got = [g.cpu() for g in got]
+    baseline = [g.cpu() for g in baseline]
+    assert_parity(got, want, dtype, baseline if dtype != torch.float64 else None, n)
