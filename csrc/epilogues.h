@@ -23,9 +23,11 @@ void mix_fwd(Tensor& f, Tensor& g, const Tensor& x, const Tensor& alpha, bool no
 
 // Per row: alpha_bar += m(1−m)·Σ ȳ(ĝ − x). Second order (!detach) also writes
 // ḡ = (mȳ − ĝ(ĝ·mȳ))/r (or mȳ) into g_bar and copies x into x_copy (the stacked GEMM operand).
+// With x_bar defined it also adds (1 − m)·ȳ to x_bar in the same pass (detach mode runs this
+// stage last, after the x̄ GEMM, so ȳ is read once for both).
 void mix_bwd(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x, const Tensor& r,
              const Tensor& alpha, bool normalize, bool detach, Tensor& g_bar, Tensor& x_copy,
-             Tensor& alpha_bar);
+             Tensor& alpha_bar, Tensor& x_bar);
 
 // a = φ(z); z̄ = ā·φ'(z) [+ d̄·s·φ''(z)]; d = φ'(z)·s; column sums: zbar_colsum[p] = Σ_n z̄,
 // s_bar[p] = Σ_n d̄·φ'(z). Second-order outputs (d, s_bar) and the d̄ input only when !detach.
@@ -42,7 +44,7 @@ void mix_fwd_cuda(Tensor& f, Tensor& g, const Tensor& x, const Tensor& alpha, bo
                   double eps, Tensor& r);
 void mix_bwd_cuda(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x, const Tensor& r,
                   const Tensor& alpha, bool normalize, bool detach, Tensor& g_bar,
-                  Tensor& x_copy, Tensor& alpha_bar);
+                  Tensor& x_copy, Tensor& alpha_bar, Tensor& x_bar);
 void act_bwd_cuda(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar, const Tensor& s,
                   Act act, bool detach, Tensor& a, Tensor& z_bar, Tensor& d,
                   Tensor& zbar_colsum, Tensor& s_bar);

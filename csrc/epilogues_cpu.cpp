@@ -80,9 +80,10 @@ void mix_fwd_cpu(Tensor& f, Tensor& g, const Tensor& x, const Tensor& alpha, boo
 template <typename scalar_t>
 void mix_bwd_cpu(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x, const Tensor& r,
                  const Tensor& alpha, bool normalize, bool detach, Tensor& g_bar,
-                 Tensor& x_copy, Tensor& alpha_bar) {
+                 Tensor& x_copy, Tensor& alpha_bar, Tensor& x_bar) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t rows = y_bar.size(0), Q = y_bar.size(1);
+  scalar_t* xbp = x_bar.defined() ? x_bar.data_ptr<scalar_t>() : nullptr;
   const acc_t m = sigmoid_of<acc_t>(alpha);
   const scalar_t* yb = y_bar.data_ptr<scalar_t>();
   const scalar_t* gh = g_hat.data_ptr<scalar_t>();
@@ -96,11 +97,22 @@ void mix_bwd_cpu(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x, cons
         for (int64_t n = b; n < e; ++n) {
           const int64_t o = n * Q;
           double row = 0, dot_d = 0;  // Σ ȳ(ĝ − x) and ĝ·ȳ of this row
+          if (xbp) {
+            const acc_t k = acc_t(1) - m;
 #pragma omp simd reduction(+ : row, dot_d)
-          for (int64_t q = 0; q < Q; ++q) {
-            const double y = yb[o + q], g = gh[o + q];
-            row += y * (g - double(xp[o + q]));
-            dot_d += g * y;
+            for (int64_t q = 0; q < Q; ++q) {
+              const double y = yb[o + q], g = gh[o + q];
+              row += y * (g - double(xp[o + q]));
+              dot_d += g * y;
+              xbp[o + q] = scalar_t(acc_t(xbp[o + q]) + k * acc_t(yb[o + q]));
+            }
+          } else {
+#pragma omp simd reduction(+ : row, dot_d)
+            for (int64_t q = 0; q < Q; ++q) {
+              const double y = yb[o + q], g = gh[o + q];
+              row += y * (g - double(xp[o + q]));
+              dot_d += g * y;
+            }
           }
           part += row;
           const acc_t dot = acc_t(dot_d);
@@ -237,15 +249,16 @@ void mix_fwd(Tensor& f, Tensor& g, const Tensor& x, const Tensor& alpha, bool no
 
 void mix_bwd(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x, const Tensor& r,
              const Tensor& alpha, bool normalize, bool detach, Tensor& g_bar, Tensor& x_copy,
-             Tensor& alpha_bar) {
+             Tensor& alpha_bar, Tensor& x_bar) {
   RECORD_FUNCTION("gradres::mix_bwd", std::vector<c10::IValue>());
 #ifdef WITH_CUDA
   if (y_bar.is_cuda())
-    return mix_bwd_cuda(y_bar, g_hat, x, r, alpha, normalize, detach, g_bar, x_copy, alpha_bar);
+    return mix_bwd_cuda(y_bar, g_hat, x, r, alpha, normalize, detach, g_bar, x_copy, alpha_bar,
+                        x_bar);
 #endif
   GRADRES_CPU_FLOATS(y_bar, "gradres mix_bwd", [&] {
     mix_bwd_cpu<scalar_t>(y_bar, g_hat, x, r, alpha, normalize, detach, g_bar, x_copy,
-                          alpha_bar);
+                          alpha_bar, x_bar);
   });
 }
 

@@ -51,6 +51,25 @@ Tensor rows_view(const Tensor& t) {
   return t.view({t.size(0), c10::multiply_integers(t.sizes().slice(1))});
 }
 
+// The backward ops read z, ĝ, r, ȳ by raw pointer: check what the forward would have produced.
+void check_bwd_inputs(const Tensor& y_bar, const Tensor& x, const Tensor& w1, const Tensor& w2,
+                      const Tensor& alpha, const Tensor& z, const Tensor& g_hat, const Tensor& r,
+                      bool normalize) {
+  check_inputs(x, w1, c10::nullopt, w2, c10::nullopt, alpha);
+  for (const auto& [t, name] : {std::pair<const Tensor&, const char*>{y_bar, "y_bar"},
+                                {z, "z"}, {g_hat, "g_hat"}, {r, "r"}})
+    check_same(x, t, name);
+  TORCH_CHECK_VALUE(y_bar.sizes() == x.sizes() && g_hat.sizes() == x.sizes(),
+                    "y_bar, g_hat: expected the shape of x ", x.sizes(), ", got ", y_bar.sizes(),
+                    " and ", g_hat.sizes());
+  auto z_sizes = x.sizes().vec();
+  z_sizes[1] = w1.size(0);
+  TORCH_CHECK_VALUE(z.sizes() == c10::IntArrayRef(z_sizes), "z: expected shape ",
+                    c10::IntArrayRef(z_sizes), " (the forward's pre-activation), got ", z.sizes());
+  TORCH_CHECK_VALUE(r.dim() == 1 && r.size(0) == (normalize ? x.size(0) : 0) ,
+                    "r: expected shape (", normalize ? x.size(0) : 0, ",), got ", r.sizes());
+}
+
 Tensor empty_r(const Tensor& x, bool normalize) {
   return at::empty({normalize ? x.size(0) : 0}, x.options());
 }
@@ -82,12 +101,19 @@ Tensor4 mlp_fwd(const Tensor& x_, const Tensor& w1_, const c10::optional<Tensor>
 // Backward of DESIGN §2 for the MLP. Returns (x̄, W̄1, b̄1, W̄2, b̄2, ᾱ); b̄1, b̄2 always computed.
 Tensor6 mlp_bwd(const Tensor& y_bar_, const Tensor& x_, const Tensor& w1_,
                 const c10::optional<Tensor>& /*b1: for autograd only*/, const Tensor& w2_,
-                const Tensor& alpha, const Tensor& z, const Tensor& g_hat, const Tensor& r,
+                const Tensor& alpha, const Tensor& z_, const Tensor& g_hat_, const Tensor& r_,
                 c10::string_view activation, bool normalize, double /*eps: for autograd only*/,
                 bool detach) {
   const Act act = parse_act(activation);
+  TORCH_CHECK_VALUE(x_.dim() == 2 && w1_.dim() == 2 && w2_.dim() == 2 &&
+                        w1_.size(1) == x_.size(1) && w2_.size(0) == x_.size(1) &&
+                        w2_.size(1) == w1_.size(0),
+                    "mlp_bwd: expected x (N, D), w1 (H, D), w2 (D, H); got ", x_.sizes(), ", ",
+                    w1_.sizes(), ", ", w2_.sizes());
+  check_bwd_inputs(y_bar_, x_, w1_, w2_, alpha, z_, g_hat_, r_, normalize);
   const Tensor y_bar = y_bar_.contiguous(), x = x_.contiguous();
   const Tensor w1 = w1_.contiguous(), w2 = w2_.contiguous();
+  const Tensor z = z_.contiguous(), g_hat = g_hat_.contiguous(), r = r_.contiguous();
   const int64_t N = x.size(0), D = x.size(1), H = w1.size(0);
   // Stacked operands of the one W̄1 GEMM: [z̄; d]ᵀ [x; ḡ] (detach mode: z̄ᵀ x).
   Tensor xs = detach ? x : at::empty({2 * N, D}, x.options());
@@ -95,7 +121,9 @@ Tensor6 mlp_bwd(const Tensor& y_bar_, const Tensor& x_, const Tensor& w1_,
   Tensor g_bar = detach ? Tensor() : xs.narrow(0, N, N);
   Tensor x_copy = detach ? Tensor() : xs.narrow(0, 0, N);
   Tensor alpha_bar = at::empty_like(alpha);
-  mix_bwd(y_bar, g_hat, x, r, alpha, normalize, detach, g_bar, x_copy, alpha_bar);
+  Tensor no_x_bar;
+  if (!detach) mix_bwd(y_bar, g_hat, x, r, alpha, normalize, detach, g_bar, x_copy, alpha_bar,
+                       no_x_bar);
 
   const Tensor a_bar = at::mm(y_bar, w2);
   const Tensor d_bar = detach ? Tensor() : at::mm(g_bar, w1.t());
@@ -112,7 +140,10 @@ Tensor6 mlp_bwd(const Tensor& y_bar_, const Tensor& x_, const Tensor& w1_,
   Tensor b2_bar = y_bar.sum(0);
   Tensor w1_bar = at::mm(zs.t(), xs);
   Tensor x_bar = at::mm(z_bar, w1);
-  add_skip_grad(x_bar, y_bar, alpha);
+  if (detach)  // ᾱ and x̄ += (1 − m)ȳ in one pass over ȳ
+    mix_bwd(y_bar, g_hat, x, r, alpha, normalize, detach, g_bar, x_copy, alpha_bar, x_bar);
+  else
+    add_skip_grad(x_bar, y_bar, alpha);
   return {x_bar, w1_bar, b1_bar, w2_bar, b2_bar, alpha_bar};
 }
 
@@ -146,7 +177,7 @@ Tensor smap_adjoint(const Tensor& s_bar, const Tensor& w2) {
 void check_conv_shapes(const Tensor& x, const Tensor& w1, const Tensor& w2) {
   TORCH_CHECK_VALUE(x.dim() == 4 && w1.dim() == 4 && w2.dim() == 4 && w1.size(1) == x.size(1) &&
                         w2.size(0) == x.size(1) && w2.size(1) == w1.size(0),
-                    "conv_fwd: expected x (N, C, H, W), w1 (Cm, C, k, k), w2 (C, Cm, k, k); got ",
+                    "conv: expected x (N, C, H, W), w1 (Cm, C, k, k), w2 (C, Cm, k, k); got ",
                     x.sizes(), ", ", w1.sizes(), ", ", w2.sizes());
   for (const Tensor* w : {&w1, &w2})
     TORCH_CHECK_VALUE(w->size(2) % 2 == 1 && w->size(3) % 2 == 1,
@@ -175,12 +206,15 @@ Tensor4 conv_fwd(const Tensor& x_, const Tensor& w1_, const c10::optional<Tensor
 
 Tensor6 conv_bwd(const Tensor& y_bar_, const Tensor& x_, const Tensor& w1_,
                  const c10::optional<Tensor>& /*b1: for autograd only*/, const Tensor& w2_,
-                 const Tensor& alpha, const Tensor& z, const Tensor& g_hat, const Tensor& r,
+                 const Tensor& alpha, const Tensor& z_, const Tensor& g_hat_, const Tensor& r_,
                  c10::string_view activation, bool normalize, double /*eps: for autograd only*/,
                  bool detach) {
   const Act act = parse_act(activation);
+  check_conv_shapes(x_, w1_, w2_);
+  check_bwd_inputs(y_bar_, x_, w1_, w2_, alpha, z_, g_hat_, r_, normalize);
   const Tensor y_bar = y_bar_.contiguous(), x = x_.contiguous();
   const Tensor w1 = w1_.contiguous(), w2 = w2_.contiguous();
+  const Tensor z = z_.contiguous(), g_hat = g_hat_.contiguous(), r = r_.contiguous();
   const int64_t N = x.size(0), Cm = w1.size(0), H = x.size(2), W = x.size(3);
   auto stacked = [&](const Tensor& like) {
     auto sizes = like.sizes().vec();
@@ -192,11 +226,11 @@ Tensor6 conv_bwd(const Tensor& y_bar_, const Tensor& x_, const Tensor& w1_,
   Tensor g_bar = detach ? Tensor() : xs.narrow(0, N, N);
   Tensor x_copy = detach ? Tensor() : xs.narrow(0, 0, N);
   Tensor alpha_bar = at::empty_like(alpha);
-  {
-    Tensor gbv = detach ? Tensor() : rows_view(g_bar), xcv = detach ? Tensor() : rows_view(x_copy);
+  Tensor gbv = detach ? Tensor() : rows_view(g_bar), xcv = detach ? Tensor() : rows_view(x_copy);
+  Tensor no_x_bar;
+  if (!detach)
     mix_bwd(rows_view(y_bar), rows_view(g_hat), rows_view(x), r, alpha, normalize, detach, gbv,
-            xcv, alpha_bar);
-  }
+            xcv, alpha_bar, no_x_bar);
   const Tensor a_bar = conv(y_bar, w2, c10::nullopt, true).contiguous();
   const Tensor d_bar = detach ? Tensor() : conv(g_bar, w1, c10::nullopt, false).contiguous();
   const Tensor s = smap(w2, H, W).contiguous().view({-1});
@@ -220,7 +254,13 @@ Tensor6 conv_bwd(const Tensor& y_bar_, const Tensor& x_, const Tensor& w1_,
                                                        {false, true, false}));
   Tensor b1_bar = zbar_colsum.view({Cm, H * W}).sum(1);
   Tensor x_bar = conv(z_bar, w1, c10::nullopt, true).contiguous();
-  add_skip_grad(x_bar, y_bar, alpha);
+  if (detach) {  // ᾱ and x̄ += (1 − m)ȳ in one pass over ȳ
+    Tensor xbv = rows_view(x_bar);
+    mix_bwd(rows_view(y_bar), rows_view(g_hat), rows_view(x), r, alpha, normalize, detach, gbv,
+            xcv, alpha_bar, xbv);
+  } else {
+    add_skip_grad(x_bar, y_bar, alpha);
+  }
   return {x_bar, w1_bar, b1_bar, w2_bar, b2_bar, alpha_bar};
 }
 

@@ -17,7 +17,7 @@ from .activations import get_activation
 from .blocks import FAMILIES
 
 try:
-    importlib.import_module(".._C", __name__)  # loading the library registers the ops
+    importlib.import_module("gradres_fused._C")  # loading the library registers the ops
     IMPORT_ERROR: Optional[str] = None
 except ImportError as e:  # not built: the backend reports why instead of registering
     IMPORT_ERROR = f"the C++ extension gradres_fused._C is not built ({e})"
@@ -78,6 +78,7 @@ def _register(family: str) -> None:
         ctx.config = (activation, normalize, eps, detach)
         ctx.has_bias = (b1 is not None, b2 is not None)
         ctx.mark_non_differentiable(z, g_hat, r)
+        ctx.set_materialize_grads(False)  # no zero-filled gradients for z, ĝ, r
 
     def _fwd_backward(ctx, y_bar, _z_bar, _g_bar, _r_bar):
         x, w1, b1, w2, alpha, z, g_hat, r = ctx.saved_tensors

@@ -53,6 +53,15 @@ def test_op_errors_name_the_argument():
         ops.mlp_fwd(x, w1, b1, w2, b2, alpha, "mish", True, 1e-6, True)
     with pytest.raises(ValueError, match="mlp_fwd"):
         ops.mlp_fwd(x, w1.t(), b1, w2, b2, alpha, "relu", True, 1e-6, True)
+    _, z, g_hat, r = ops.mlp_fwd(x, w1, b1, w2, b2, alpha, "relu", True, 1e-6, True)
+    y_bar = torch.randn_like(x)
+    bwd_args = [y_bar, x, w1, b1, w2, alpha, z, g_hat, r, "relu", True, 1e-6, True]
+    for i, bad, name in ((6, z[:, :2], "z"), (7, g_hat[:2], "g_hat"), (8, r[:1], "r"),
+                         (0, y_bar.float(), "y_bar")):
+        args = list(bwd_args)
+        args[i] = bad
+        with pytest.raises((ValueError, TypeError), match=name):
+            ops.mlp_bwd(*args)
     cx, cw1, cb1, cw2, cb2, calpha = _detached(conv_inputs(1, 2, 3, 5, 5))
     with pytest.raises(ValueError, match="odd"):
         ops.conv_fwd(cx, cw1[..., :2, :2], cb1, cw2, cb2, calpha, "relu", True, 1e-6, True)

@@ -53,7 +53,7 @@ void mix_fwd_cuda(Tensor& f, Tensor& g, const Tensor& x, const Tensor& alpha, bo
 
 void mix_bwd_cuda(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x, const Tensor& r,
                   const Tensor& alpha, bool normalize, bool detach, Tensor& g_bar,
-                  Tensor& x_copy, Tensor& alpha_bar) {
+                  Tensor& x_copy, Tensor& alpha_bar, Tensor& x_bar) {
   c10::cuda::CUDAGuard guard(y_bar.device());
   Tensor row_partial = at::empty({std::max<int64_t>(y_bar.size(0), 1)},
                                  y_bar.options().dtype(acc_type(y_bar)));
@@ -61,7 +61,8 @@ void mix_bwd_cuda(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x, con
     cuda::mix_bwd(ptr<scalar_t>(y_bar), ptr<scalar_t>(g_hat), ptr<scalar_t>(x),
                   (normalize && !detach) ? ptr<scalar_t>(r) : nullptr, ptr<scalar_t>(alpha),
                   detach ? nullptr : ptr<scalar_t>(g_bar), detach ? nullptr : ptr<scalar_t>(x_copy),
-                  ptr<scalar_t>(alpha_bar), row_partial.data_ptr(), y_bar.size(0), y_bar.size(1),
+                  ptr<scalar_t>(alpha_bar), x_bar.defined() ? ptr<scalar_t>(x_bar) : nullptr,
+                  row_partial.data_ptr(), y_bar.size(0), y_bar.size(1),
                   normalize, detach, at::cuda::getCurrentCUDAStream());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();

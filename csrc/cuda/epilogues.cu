@@ -120,7 +120,8 @@ template <typename T, int G>
 __global__ void mix_bwd_kernel(const T* __restrict__ y_bar, const T* __restrict__ g_hat,
                                const T* __restrict__ x, const T* __restrict__ r,
                                const T* __restrict__ alpha, T* __restrict__ g_bar,
-                               T* __restrict__ x_copy, typename Acc<T>::type* __restrict__ row_part,
+                               T* __restrict__ x_copy, T* __restrict__ x_bar,
+                               typename Acc<T>::type* __restrict__ row_part,
                                int64_t rows, int64_t Q, bool normalize, bool detach) {
   using A = typename Acc<T>::type;
   __shared__ A shared[kThreads / 32];
@@ -136,6 +137,7 @@ __global__ void mix_bwd_kernel(const T* __restrict__ y_bar, const T* __restrict_
       const A y = to_acc(y_bar[i]), gh = to_acc(g_hat[i]);
       part += y * (gh - to_acc(x[i]));
       dot += gh * y;
+      if (x_bar) x_bar[i] = from_acc<T>(to_acc(x_bar[i]) + (A(1) - m) * y);
     }
   part = group_sum<A, G>(part, shared);
   dot = group_sum<A, G>(dot, shared);
@@ -276,19 +278,19 @@ void mix_fwd(T* f, T* g, const T* x, const T* alpha, T* r, int64_t rows, int64_t
 
 template <typename T>
 void mix_bwd(const T* y_bar, const T* g_hat, const T* x, const T* r, const T* alpha, T* g_bar,
-             T* x_copy, T* alpha_bar, void* row_partial, int64_t rows, int64_t Q, bool normalize,
-             bool detach, cudaStream_t stream) {
+             T* x_copy, T* alpha_bar, T* x_bar, void* row_partial, int64_t rows, int64_t Q,
+             bool normalize, bool detach, cudaStream_t stream) {
   using A = typename Acc<T>::type;
   A* part = static_cast<A*>(row_partial);
   if (rows > 0) {
     if (Q <= kWarpRowMax) {
       const int per_block = kThreads / 32;
       mix_bwd_kernel<T, 32><<<static_cast<unsigned>((rows + per_block - 1) / per_block), kThreads,
-                              0, stream>>>(y_bar, g_hat, x, r, alpha, g_bar, x_copy, part, rows, Q,
-                                           normalize, detach);
+                              0, stream>>>(y_bar, g_hat, x, r, alpha, g_bar, x_copy, x_bar, part,
+                                           rows, Q, normalize, detach);
     } else {
       mix_bwd_kernel<T, kThreads><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
-          y_bar, g_hat, x, r, alpha, g_bar, x_copy, part, rows, Q, normalize, detach);
+          y_bar, g_hat, x, r, alpha, g_bar, x_copy, x_bar, part, rows, Q, normalize, detach);
     }
   }
   alpha_bar_kernel<T><<<1, kThreads, 0, stream>>>(part, rows, alpha, alpha_bar);
@@ -331,8 +333,8 @@ void add_skip_grad(T* out, const T* y_bar, const T* alpha, int64_t n, cudaStream
   template void act_fwd<T>(const T*, const T*, T*, T*, int64_t, int64_t, Act, cudaStream_t);   \
   template void mix_fwd<T>(T*, T*, const T*, const T*, T*, int64_t, int64_t, bool, double,     \
                            cudaStream_t);                                                      \
-  template void mix_bwd<T>(const T*, const T*, const T*, const T*, const T*, T*, T*, T*, void*, \
-                           int64_t, int64_t, bool, bool, cudaStream_t);                        \
+  template void mix_bwd<T>(const T*, const T*, const T*, const T*, const T*, T*, T*, T*, T*,    \
+                           void*, int64_t, int64_t, bool, bool, cudaStream_t);                 \
   template void act_bwd<T>(const T*, const T*, const T*, const T*, T*, T*, T*, T*, T*, void*,  \
                            int64_t, int64_t, Act, bool, cudaStream_t);                         \
   template void add_skip_grad<T>(T*, const T*, const T*, int64_t, cudaStream_t);

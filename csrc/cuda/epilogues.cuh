@@ -22,12 +22,13 @@ template <typename T>
 void mix_fwd(T* f, T* g, const T* x, const T* alpha, T* r, int64_t rows, int64_t Q,
              bool normalize, double eps, cudaStream_t stream);
 
-// alpha_bar = m(1−m)·Σ ȳ(ĝ − x); second order: g_bar = (mȳ − ĝ(ĝ·mȳ))/r (or mȳ), x_copy = x.
+// alpha_bar = m(1−m)·Σ ȳ(ĝ − x); second order: g_bar = (mȳ − ĝ(ĝ·mȳ))/r (or mȳ), x_copy = x;
+// x_bar (may be null): x_bar += (1 − m)·ȳ in the same pass.
 // row_partial: `rows` scratch floats of the accumulation type (deterministic two-stage sum).
 template <typename T>
 void mix_bwd(const T* y_bar, const T* g_hat, const T* x, const T* r, const T* alpha, T* g_bar,
-             T* x_copy, T* alpha_bar, void* row_partial, int64_t rows, int64_t Q, bool normalize,
-             bool detach, cudaStream_t stream);
+             T* x_copy, T* alpha_bar, T* x_bar, void* row_partial, int64_t rows, int64_t Q,
+             bool normalize, bool detach, cudaStream_t stream);
 
 // a = φ(z); z̄ = ā·φ'(z) [+ d̄·s·φ''(z)]; d = φ'(z)·s; column sums of z̄ and of d̄·φ'(z).
 // col_partial: act_bwd_scratch_elems(rows, P, detach) scratch elements of the accumulation type.
