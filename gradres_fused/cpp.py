@@ -81,6 +81,8 @@ def _register(family: str) -> None:
         ctx.set_materialize_grads(False)  # no zero-filled gradients for z, ĝ, r
 
     def _fwd_backward(ctx, y_bar, _z_bar, _g_bar, _r_bar):
+        if y_bar is None:  # y unused downstream (grads are not materialized)
+            return (None,) * 10
         x, w1, b1, w2, alpha, z, g_hat, r = ctx.saved_tensors
         grads = _op(family, "bwd")(y_bar, x, w1, b1, w2, alpha, z, g_hat, r, *ctx.config)
         x_bar, w1_bar, b1_bar, w2_bar, b2_bar, alpha_bar = grads
