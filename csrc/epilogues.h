@@ -29,11 +29,10 @@ void mix_bwd(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x, const Te
              const Tensor& alpha, bool normalize, bool detach, Tensor& g_bar, Tensor& x_copy,
              Tensor& alpha_bar, Tensor& x_bar);
 
-// a = φ(z); z̄ = ā·φ'(z) [+ d̄·s·φ''(z)]; d = φ'(z)·s; column sums: zbar_colsum[p] = Σ_n z̄,
+// z̄ = ā·φ'(z) [+ d̄·s·φ''(z)]; d = φ'(z)·s; column sums: zbar_colsum[p] = Σ_n z̄,
 // s_bar[p] = Σ_n d̄·φ'(z). Second-order outputs (d, s_bar) and the d̄ input only when !detach.
 void act_bwd(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar, const Tensor& s, Act act,
-             bool detach, Tensor& a, Tensor& z_bar, Tensor& d, Tensor& zbar_colsum,
-             Tensor& s_bar);
+             bool detach, Tensor& z_bar, Tensor& d, Tensor& zbar_colsum, Tensor& s_bar);
 
 // out += (1 − m)·ȳ  (x̄'s identity-path term), m = sigmoid(alpha[0]).
 void add_skip_grad(Tensor& out, const Tensor& y_bar, const Tensor& alpha);
@@ -46,8 +45,8 @@ void mix_bwd_cuda(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x, con
                   const Tensor& alpha, bool normalize, bool detach, Tensor& g_bar,
                   Tensor& x_copy, Tensor& alpha_bar, Tensor& x_bar);
 void act_bwd_cuda(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar, const Tensor& s,
-                  Act act, bool detach, Tensor& a, Tensor& z_bar, Tensor& d,
-                  Tensor& zbar_colsum, Tensor& s_bar);
+                  Act act, bool detach, Tensor& z_bar, Tensor& d, Tensor& zbar_colsum,
+                  Tensor& s_bar);
 void add_skip_grad_cuda(Tensor& out, const Tensor& y_bar, const Tensor& alpha);
 #endif
 

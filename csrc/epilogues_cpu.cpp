@@ -140,8 +140,7 @@ void mix_bwd_cpu(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x, cons
 
 template <typename scalar_t, Act A>
 void act_bwd_cpu(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar, const Tensor& s,
-                 bool detach, Tensor& a, Tensor& z_bar, Tensor& d, Tensor& zbar_colsum,
-                 Tensor& s_bar) {
+                 bool detach, Tensor& z_bar, Tensor& d, Tensor& zbar_colsum, Tensor& s_bar) {
   using Ops = ActOps<A>;
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t rows = z.size(0), P = z.size(1);
@@ -149,7 +148,6 @@ void act_bwd_cpu(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar, cons
   const scalar_t* ab = a_bar.data_ptr<scalar_t>();
   const scalar_t* db = detach ? nullptr : d_bar.data_ptr<scalar_t>();
   const scalar_t* sp = s.data_ptr<scalar_t>();
-  scalar_t* ap = a.data_ptr<scalar_t>();
   scalar_t* zb = z_bar.data_ptr<scalar_t>();
   scalar_t* dp = detach ? nullptr : d.data_ptr<scalar_t>();
   // Column sums: each chunk of rows (≤ row_grain) sums in acc_t (same type as the loop, so it
@@ -165,7 +163,6 @@ void act_bwd_cpu(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar, cons
     const scalar_t* __restrict abr = ab;
     const scalar_t* __restrict dbr = db;
     const scalar_t* __restrict sr = sp;
-    scalar_t* __restrict ar = ap;
     scalar_t* __restrict zbr = zb;
     scalar_t* __restrict dr = dp;
     for (int64_t n = b; n < e; ++n) {
@@ -175,7 +172,6 @@ void act_bwd_cpu(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar, cons
         for (int64_t p = 0; p < P; ++p) {
           const acc_t v = zr[o + p];
           const acc_t zbar = acc_t(abr[o + p]) * Ops::d1(v);
-          ar[o + p] = scalar_t(Ops::f(v));
           zbr[o + p] = scalar_t(zbar);
           zc[p] += zbar;
         }
@@ -187,7 +183,6 @@ void act_bwd_cpu(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar, cons
         const acc_t d1 = Ops::d1(v), dbar = dbr[o + p], sv = sr[p];
         acc_t zbar = acc_t(abr[o + p]) * d1;
         if (!Ops::kD2IsZero) zbar += dbar * sv * Ops::d2(v);
-        ar[o + p] = scalar_t(Ops::f(v));
         zbr[o + p] = scalar_t(zbar);
         dr[o + p] = scalar_t(d1 * sv);
         zc[p] += zbar;
@@ -263,16 +258,15 @@ void mix_bwd(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x, const Te
 }
 
 void act_bwd(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar, const Tensor& s, Act act,
-             bool detach, Tensor& a, Tensor& z_bar, Tensor& d, Tensor& zbar_colsum,
-             Tensor& s_bar) {
+             bool detach, Tensor& z_bar, Tensor& d, Tensor& zbar_colsum, Tensor& s_bar) {
   RECORD_FUNCTION("gradres::act_bwd", std::vector<c10::IValue>());
 #ifdef WITH_CUDA
   if (z.is_cuda())
-    return act_bwd_cuda(z, a_bar, d_bar, s, act, detach, a, z_bar, d, zbar_colsum, s_bar);
+    return act_bwd_cuda(z, a_bar, d_bar, s, act, detach, z_bar, d, zbar_colsum, s_bar);
 #endif
   GRADRES_CPU_FLOATS(z, "gradres act_bwd", [&] {
     GRADRES_DISPATCH_ACT(act, [&] {
-      act_bwd_cpu<scalar_t, A>(z, a_bar, d_bar, s, detach, a, z_bar, d, zbar_colsum, s_bar);
+      act_bwd_cpu<scalar_t, A>(z, a_bar, d_bar, s, detach, z_bar, d, zbar_colsum, s_bar);
     });
   });
 }

@@ -16,7 +16,7 @@
 namespace gradres {
 namespace {
 
-using Tensor4 = std::tuple<Tensor, Tensor, Tensor, Tensor>;
+using Tensor5 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
 using Tensor6 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
 Act parse_act(c10::string_view name) {
@@ -53,11 +53,11 @@ Tensor rows_view(const Tensor& t) {
 
 // The backward ops read z, ĝ, r, ȳ by raw pointer: check what the forward would have produced.
 void check_bwd_inputs(const Tensor& y_bar, const Tensor& x, const Tensor& w1, const Tensor& w2,
-                      const Tensor& alpha, const Tensor& z, const Tensor& g_hat, const Tensor& r,
-                      bool normalize) {
+                      const Tensor& alpha, const Tensor& z, const Tensor& a, const Tensor& g_hat,
+                      const Tensor& r, bool normalize) {
   check_inputs(x, w1, c10::nullopt, w2, c10::nullopt, alpha);
   for (const auto& [t, name] : {std::pair<const Tensor&, const char*>{y_bar, "y_bar"},
-                                {z, "z"}, {g_hat, "g_hat"}, {r, "r"}})
+                                {z, "z"}, {a, "a"}, {g_hat, "g_hat"}, {r, "r"}})
     check_same(x, t, name);
   TORCH_CHECK_VALUE(y_bar.sizes() == x.sizes() && g_hat.sizes() == x.sizes(),
                     "y_bar, g_hat: expected the shape of x ", x.sizes(), ", got ", y_bar.sizes(),
@@ -66,6 +66,8 @@ void check_bwd_inputs(const Tensor& y_bar, const Tensor& x, const Tensor& w1, co
   z_sizes[1] = w1.size(0);
   TORCH_CHECK_VALUE(z.sizes() == c10::IntArrayRef(z_sizes), "z: expected shape ",
                     c10::IntArrayRef(z_sizes), " (the forward's pre-activation), got ", z.sizes());
+  TORCH_CHECK_VALUE(a.sizes() == z.sizes(), "a: expected the shape of z ", z.sizes(), ", got ",
+                    a.sizes());
   TORCH_CHECK_VALUE(r.dim() == 1 && r.size(0) == (normalize ? x.size(0) : 0) ,
                     "r: expected shape (", normalize ? x.size(0) : 0, ",), got ", r.sizes());
 }
@@ -75,8 +77,9 @@ Tensor empty_r(const Tensor& x, bool normalize) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// MLP: x (N, D), w1 (H, D), w2 (D, H). Returns y and what the backward needs: z, ĝ, r.
-Tensor4 mlp_fwd(const Tensor& x_, const Tensor& w1_, const c10::optional<Tensor>& b1,
+// MLP: x (N, D), w1 (H, D), w2 (D, H). Returns y and what the backward needs: z, a = φ(z)
+// (kept rather than recomputed: the W̄2 GEMM reads it, and plain autograd keeps it too), ĝ, r.
+Tensor5 mlp_fwd(const Tensor& x_, const Tensor& w1_, const c10::optional<Tensor>& b1,
                 const Tensor& w2_, const c10::optional<Tensor>& b2, const Tensor& alpha,
                 c10::string_view activation, bool normalize, double eps, bool /*detach*/) {
   check_inputs(x_, w1_, b1, w2_, b2, alpha);
@@ -95,13 +98,14 @@ Tensor4 mlp_fwd(const Tensor& x_, const Tensor& w1_, const c10::optional<Tensor>
   Tensor g = at::mm(d, w1);                                          // g; becomes ĝ in place
   Tensor r = empty_r(x, normalize);
   mix_fwd(y, g, x, alpha, normalize, eps, r);
-  return {y, z, g, r};
+  return {y, z, a, g, r};
 }
 
 // Backward of DESIGN §2 for the MLP. Returns (x̄, W̄1, b̄1, W̄2, b̄2, ᾱ); b̄1, b̄2 always computed.
 Tensor6 mlp_bwd(const Tensor& y_bar_, const Tensor& x_, const Tensor& w1_,
                 const c10::optional<Tensor>& /*b1: for autograd only*/, const Tensor& w2_,
-                const Tensor& alpha, const Tensor& z_, const Tensor& g_hat_, const Tensor& r_,
+                const Tensor& alpha, const Tensor& z_, const Tensor& a_, const Tensor& g_hat_,
+                const Tensor& r_,
                 c10::string_view activation, bool normalize, double /*eps: for autograd only*/,
                 bool detach) {
   const Act act = parse_act(activation);
@@ -110,10 +114,11 @@ Tensor6 mlp_bwd(const Tensor& y_bar_, const Tensor& x_, const Tensor& w1_,
                         w2_.size(1) == w1_.size(0),
                     "mlp_bwd: expected x (N, D), w1 (H, D), w2 (D, H); got ", x_.sizes(), ", ",
                     w1_.sizes(), ", ", w2_.sizes());
-  check_bwd_inputs(y_bar_, x_, w1_, w2_, alpha, z_, g_hat_, r_, normalize);
+  check_bwd_inputs(y_bar_, x_, w1_, w2_, alpha, z_, a_, g_hat_, r_, normalize);
   const Tensor y_bar = y_bar_.contiguous(), x = x_.contiguous();
   const Tensor w1 = w1_.contiguous(), w2 = w2_.contiguous();
-  const Tensor z = z_.contiguous(), g_hat = g_hat_.contiguous(), r = r_.contiguous();
+  const Tensor z = z_.contiguous(), a = a_.contiguous(), g_hat = g_hat_.contiguous();
+  const Tensor r = r_.contiguous();
   const int64_t N = x.size(0), D = x.size(1), H = w1.size(0);
   // Stacked operands of the one W̄1 GEMM: [z̄; d]ᵀ [x; ḡ] (detach mode: z̄ᵀ x).
   Tensor xs = detach ? x : at::empty({2 * N, D}, x.options());
@@ -128,12 +133,11 @@ Tensor6 mlp_bwd(const Tensor& y_bar_, const Tensor& x_, const Tensor& w1_,
   const Tensor a_bar = at::mm(y_bar, w2);
   const Tensor d_bar = detach ? Tensor() : at::mm(g_bar, w1.t());
   const Tensor s = w2.sum(0);
-  Tensor a = at::empty_like(z);
   Tensor z_bar = zs.narrow(0, 0, N);
   Tensor d = detach ? Tensor() : zs.narrow(0, N, N);
   Tensor b1_bar = at::empty({H}, x.options());
   Tensor s_bar = detach ? Tensor() : at::empty({H}, x.options());
-  act_bwd(z, a_bar, d_bar, s, act, detach, a, z_bar, d, b1_bar, s_bar);
+  act_bwd(z, a_bar, d_bar, s, act, detach, z_bar, d, b1_bar, s_bar);
 
   Tensor w2_bar = at::mm(y_bar.t(), a);
   if (!detach) w2_bar.add_(s_bar.unsqueeze(0));  // s = W2ᵀ1: every row of W2 gets s̄
@@ -184,7 +188,7 @@ void check_conv_shapes(const Tensor& x, const Tensor& w1, const Tensor& w2) {
                       "conv: expected odd kernel sizes, got ", w->sizes());
 }
 
-Tensor4 conv_fwd(const Tensor& x_, const Tensor& w1_, const c10::optional<Tensor>& b1,
+Tensor5 conv_fwd(const Tensor& x_, const Tensor& w1_, const c10::optional<Tensor>& b1,
                  const Tensor& w2_, const c10::optional<Tensor>& b2, const Tensor& alpha,
                  c10::string_view activation, bool normalize, double eps, bool /*detach*/) {
   check_inputs(x_, w1_, b1, w2_, b2, alpha);
@@ -201,20 +205,22 @@ Tensor4 conv_fwd(const Tensor& x_, const Tensor& w1_, const c10::optional<Tensor
   Tensor r = empty_r(x, normalize);
   Tensor yv = rows_view(y), gv = rows_view(g);
   mix_fwd(yv, gv, rows_view(x), alpha, normalize, eps, r);
-  return {y, z, g, r};
+  return {y, z, a, g, r};
 }
 
 Tensor6 conv_bwd(const Tensor& y_bar_, const Tensor& x_, const Tensor& w1_,
                  const c10::optional<Tensor>& /*b1: for autograd only*/, const Tensor& w2_,
-                 const Tensor& alpha, const Tensor& z_, const Tensor& g_hat_, const Tensor& r_,
+                 const Tensor& alpha, const Tensor& z_, const Tensor& a_, const Tensor& g_hat_,
+                const Tensor& r_,
                  c10::string_view activation, bool normalize, double /*eps: for autograd only*/,
                  bool detach) {
   const Act act = parse_act(activation);
   check_conv_shapes(x_, w1_, w2_);
-  check_bwd_inputs(y_bar_, x_, w1_, w2_, alpha, z_, g_hat_, r_, normalize);
+  check_bwd_inputs(y_bar_, x_, w1_, w2_, alpha, z_, a_, g_hat_, r_, normalize);
   const Tensor y_bar = y_bar_.contiguous(), x = x_.contiguous();
   const Tensor w1 = w1_.contiguous(), w2 = w2_.contiguous();
-  const Tensor z = z_.contiguous(), g_hat = g_hat_.contiguous(), r = r_.contiguous();
+  const Tensor z = z_.contiguous(), a = a_.contiguous(), g_hat = g_hat_.contiguous();
+  const Tensor r = r_.contiguous();
   const int64_t N = x.size(0), Cm = w1.size(0), H = x.size(2), W = x.size(3);
   auto stacked = [&](const Tensor& like) {
     auto sizes = like.sizes().vec();
@@ -234,15 +240,14 @@ Tensor6 conv_bwd(const Tensor& y_bar_, const Tensor& x_, const Tensor& w1_,
   const Tensor a_bar = conv(y_bar, w2, c10::nullopt, true).contiguous();
   const Tensor d_bar = detach ? Tensor() : conv(g_bar, w1, c10::nullopt, false).contiguous();
   const Tensor s = smap(w2, H, W).contiguous().view({-1});
-  Tensor a = at::empty_like(z);
   Tensor z_bar = zs.narrow(0, 0, N);
   Tensor d = detach ? Tensor() : zs.narrow(0, N, N);
   Tensor zbar_colsum = at::empty({Cm * H * W}, x.options());
   Tensor s_bar = detach ? Tensor() : at::empty({Cm * H * W}, x.options());
   {
-    Tensor av = rows_view(a), zbv = rows_view(z_bar), dv = detach ? Tensor() : rows_view(d);
+    Tensor zbv = rows_view(z_bar), dv = detach ? Tensor() : rows_view(d);
     act_bwd(rows_view(z), rows_view(a_bar), detach ? Tensor() : rows_view(d_bar), s, act, detach,
-            av, zbv, dv, zbar_colsum, s_bar);
+            zbv, dv, zbar_colsum, s_bar);
   }
   const std::vector<int64_t> b2_sizes = {w2.size(0)};
   auto grads2 = at::convolution_backward(y_bar, a, w2, b2_sizes, {1, 1}, same_pad(w2), {1, 1},
@@ -267,19 +272,20 @@ Tensor6 conv_bwd(const Tensor& y_bar_, const Tensor& x_, const Tensor& w1_,
 }  // namespace
 }  // namespace gradres
 
-// The forward returns y and the intermediates its backward reads (z, ĝ, r); `detach` only selects
-// that backward. The backward takes b1 and eps although its kernels do not read them: its own
+// The forward returns y and the intermediates its backward reads (z, a, ĝ, r); `detach` only
+// selects that backward. The backward takes b1 and eps although its kernels do not read them: its own
 // (composite) backward recomputes z = L1(x) + b1 and r from them.
 TORCH_LIBRARY(gradres_fused, m) {
   for (const char* fam : {"mlp", "conv"}) {
     m.def((std::string(fam) +
           "_fwd(Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor alpha, "
           "str activation, bool normalize, float eps, bool detach) "
-          "-> (Tensor, Tensor, Tensor, Tensor)")
+          "-> (Tensor, Tensor, Tensor, Tensor, Tensor)")
               .c_str());
     m.def((std::string(fam) +
           "_bwd(Tensor y_bar, Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor alpha, "
-          "Tensor z, Tensor g_hat, Tensor r, str activation, bool normalize, float eps, "
+          "Tensor z, Tensor a, Tensor g_hat, Tensor r, str activation, bool normalize, "
+          "float eps, "
           "bool detach) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
               .c_str());
   }

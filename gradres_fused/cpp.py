@@ -62,29 +62,31 @@ def _register(family: str) -> None:
 
     @torch.library.register_fake(fwd_name)
     def _fwd_fake(x, w1, b1, w2, b2, alpha, activation, normalize, eps, detach):
-        return (x.new_empty(x.shape), x.new_empty(_hidden_shape(family, x, w1)),
+        hidden = _hidden_shape(family, x, w1)
+        return (x.new_empty(x.shape), x.new_empty(hidden), x.new_empty(hidden),
                 x.new_empty(x.shape), x.new_empty((x.shape[0] if normalize else 0,)))
 
     @torch.library.register_fake(bwd_name)
-    def _bwd_fake(y_bar, x, w1, b1, w2, alpha, z, g_hat, r, activation, normalize, eps, detach):
+    def _bwd_fake(y_bar, x, w1, b1, w2, alpha, z, a, g_hat, r, activation, normalize, eps,
+                  detach):
         return (x.new_empty(x.shape), w1.new_empty(w1.shape), w1.new_empty((w1.shape[0],)),
                 w2.new_empty(w2.shape), w2.new_empty((w2.shape[0],)),
                 alpha.new_empty(alpha.shape))
 
     def _fwd_setup(ctx, inputs, output):
         x, w1, b1, w2, b2, alpha, activation, normalize, eps, detach = inputs
-        _, z, g_hat, r = output
-        ctx.save_for_backward(x, w1, b1, w2, alpha, z, g_hat, r)
+        _, z, a, g_hat, r = output
+        ctx.save_for_backward(x, w1, b1, w2, alpha, z, a, g_hat, r)
         ctx.config = (activation, normalize, eps, detach)
         ctx.has_bias = (b1 is not None, b2 is not None)
-        ctx.mark_non_differentiable(z, g_hat, r)
-        ctx.set_materialize_grads(False)  # no zero-filled gradients for z, ĝ, r
+        ctx.mark_non_differentiable(z, a, g_hat, r)
+        ctx.set_materialize_grads(False)  # no zero-filled gradients for z, a, ĝ, r
 
-    def _fwd_backward(ctx, y_bar, _z_bar, _g_bar, _r_bar):
+    def _fwd_backward(ctx, y_bar, *_intermediate_grads):
         if y_bar is None:  # y unused downstream (grads are not materialized)
             return (None,) * 10
-        x, w1, b1, w2, alpha, z, g_hat, r = ctx.saved_tensors
-        grads = _op(family, "bwd")(y_bar, x, w1, b1, w2, alpha, z, g_hat, r, *ctx.config)
+        x, w1, b1, w2, alpha, z, a, g_hat, r = ctx.saved_tensors
+        grads = _op(family, "bwd")(y_bar, x, w1, b1, w2, alpha, z, a, g_hat, r, *ctx.config)
         x_bar, w1_bar, b1_bar, w2_bar, b2_bar, alpha_bar = grads
         return (x_bar, w1_bar, b1_bar if ctx.has_bias[0] else None, w2_bar,
                 b2_bar if ctx.has_bias[1] else None, alpha_bar, None, None, None, None)
@@ -92,7 +94,7 @@ def _register(family: str) -> None:
     torch.library.register_autograd(fwd_name, _fwd_backward, setup_context=_fwd_setup)
 
     def _bwd_setup(ctx, inputs, output):
-        y_bar, x, w1, b1, w2, alpha, z, g_hat, r, activation, normalize, eps, detach = inputs
+        y_bar, x, w1, b1, w2, alpha, z, a, g_hat, r, activation, normalize, eps, detach = inputs
         ctx.save_for_backward(y_bar, x, w1, b1, w2, alpha)
         ctx.config = (activation, normalize, eps, detach)
 
@@ -119,7 +121,7 @@ def _register(family: str) -> None:
                     grads[3], grads[4])
         needs = ctx.needs_input_grad[:6]
         return (*(g if n else None for g, n in zip(by_input, needs)),
-                None, None, None, None, None, None, None)
+                None, None, None, None, None, None, None, None)
 
     torch.library.register_autograd(bwd_name, _bwd_backward, setup_context=_bwd_setup)
 
@@ -130,9 +132,8 @@ if IMPORT_ERROR is None:
 
 
 def gradres(family: str, x, w1, b1, w2, b2, alpha, *, activation, normalize, eps, detach):
-    y, _, _, _ = _op(family, "fwd")(x, w1, b1, w2, b2, alpha, activation, normalize, float(eps),
-                                    detach)
-    return y
+    return _op(family, "fwd")(x, w1, b1, w2, b2, alpha, activation, normalize, float(eps),
+                              detach)[0]
 
 
 def gradres_mlp(x, w1, b1, w2, b2, alpha, **options):

@@ -32,7 +32,7 @@ def test_opcheck(family, detach, normalize, bias):
     fwd, bwd = getattr(ops, f"{family}_fwd"), getattr(ops, f"{family}_bwd")
     args = (x, w1, b1, w2, b2, alpha, "silu", normalize, 1e-6, detach)
     torch.library.opcheck(fwd, args)
-    _, z, g_hat, r = fwd(*_detached(args[:6]), *args[6:])
+    _, z, a, g_hat, r = fwd(*_detached(args[:6]), *args[6:])
     y_bar = torch.randn_like(x)
     tests = ("test_schema", "test_autograd_registration", "test_faketensor",
              "test_aot_dispatch_dynamic")
@@ -41,7 +41,7 @@ def test_opcheck(family, detach, normalize, bias):
         # backward (ConvolutionBackwardBackward0) PyTorch cannot trace with symbolic shapes
         # ("SymIntArrayRef expected to contain only concrete integers"): trace it static.
         tests = tests[:3] + ("test_aot_dispatch_static",)
-    torch.library.opcheck(bwd, (y_bar.requires_grad_(), x, w1, b1, w2, alpha, z, g_hat, r,
+    torch.library.opcheck(bwd, (y_bar.requires_grad_(), x, w1, b1, w2, alpha, z, a, g_hat, r,
                                 "silu", normalize, 1e-6, detach), test_utils=tests)
 
 
@@ -53,11 +53,11 @@ def test_op_errors_name_the_argument():
         ops.mlp_fwd(x, w1, b1, w2, b2, alpha, "mish", True, 1e-6, True)
     with pytest.raises(ValueError, match="mlp_fwd"):
         ops.mlp_fwd(x, w1.t(), b1, w2, b2, alpha, "relu", True, 1e-6, True)
-    _, z, g_hat, r = ops.mlp_fwd(x, w1, b1, w2, b2, alpha, "relu", True, 1e-6, True)
+    _, z, a, g_hat, r = ops.mlp_fwd(x, w1, b1, w2, b2, alpha, "relu", True, 1e-6, True)
     y_bar = torch.randn_like(x)
-    bwd_args = [y_bar, x, w1, b1, w2, alpha, z, g_hat, r, "relu", True, 1e-6, True]
-    for i, bad, name in ((6, z[:, :2], "z"), (7, g_hat[:2], "g_hat"), (8, r[:1], "r"),
-                         (0, y_bar.float(), "y_bar")):
+    bwd_args = [y_bar, x, w1, b1, w2, alpha, z, a, g_hat, r, "relu", True, 1e-6, True]
+    for i, bad, name in ((6, z[:, :2], "z"), (7, a[:1], "a"), (8, g_hat[:2], "g_hat"),
+                         (9, r[:1], "r"), (0, y_bar.float(), "y_bar")):
         args = list(bwd_args)
         args[i] = bad
         with pytest.raises((ValueError, TypeError), match=name):

@@ -69,14 +69,14 @@ void mix_bwd_cuda(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x, con
 }
 
 void act_bwd_cuda(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar, const Tensor& s,
-                  Act act, bool detach, Tensor& a, Tensor& z_bar, Tensor& d,
-                  Tensor& zbar_colsum, Tensor& s_bar) {
+                  Act act, bool detach, Tensor& z_bar, Tensor& d, Tensor& zbar_colsum,
+                  Tensor& s_bar) {
   c10::cuda::CUDAGuard guard(z.device());
   Tensor scratch = at::empty({cuda::act_bwd_scratch_elems(z.size(0), z.size(1), detach)},
                              z.options().dtype(acc_type(z)));
   GRADRES_CUDA_FLOATS(z, "gradres act_bwd_cuda", [&] {
     cuda::act_bwd(ptr<scalar_t>(z), ptr<scalar_t>(a_bar), detach ? nullptr : ptr<scalar_t>(d_bar),
-                  ptr<scalar_t>(s), ptr<scalar_t>(a), ptr<scalar_t>(z_bar),
+                  ptr<scalar_t>(s), ptr<scalar_t>(z_bar),
                   detach ? nullptr : ptr<scalar_t>(d), ptr<scalar_t>(zbar_colsum),
                   detach ? nullptr : ptr<scalar_t>(s_bar), scratch.data_ptr(), z.size(0),
                   z.size(1), act, detach, at::cuda::getCurrentCUDAStream());

@@ -179,7 +179,7 @@ int64_t num_chunks(int64_t rows) {
 template <typename T, Act A_>
 __global__ void act_bwd_kernel(const T* __restrict__ z, const T* __restrict__ a_bar,
                                const T* __restrict__ d_bar, const T* __restrict__ s,
-                               T* __restrict__ a, T* __restrict__ z_bar, T* __restrict__ d,
+                               T* __restrict__ z_bar, T* __restrict__ d,
                                typename Acc<T>::type* __restrict__ col_part, int64_t rows,
                                int64_t P, int64_t chunk_rows, bool detach) {
   using Ops = ActOps<A_>;
@@ -195,7 +195,6 @@ __global__ void act_bwd_kernel(const T* __restrict__ z, const T* __restrict__ a_
     const A v = to_acc(z[i]);
     const A d1 = Ops::d1(v);
     A zb = to_acc(a_bar[i]) * d1;
-    a[i] = from_acc<T>(Ops::f(v));
     if (!detach) {
       const A db = to_acc(d_bar[i]);
       if (!Ops::kD2IsZero) zb += db * sv * Ops::d2(v);
@@ -301,7 +300,7 @@ int64_t act_bwd_scratch_elems(int64_t rows, int64_t P, bool detach) {
 }
 
 template <typename T>
-void act_bwd(const T* z, const T* a_bar, const T* d_bar, const T* s, T* a, T* z_bar, T* d,
+void act_bwd(const T* z, const T* a_bar, const T* d_bar, const T* s, T* z_bar, T* d,
              T* zbar_colsum, T* s_bar, void* col_partial, int64_t rows, int64_t P, Act act,
              bool detach, cudaStream_t stream) {
   using Acc_t = typename Acc<T>::type;  // (`A` is the activation inside the dispatch below)
@@ -312,7 +311,7 @@ void act_bwd(const T* z, const T* a_bar, const T* d_bar, const T* s, T* a, T* z_
   const int threads = static_cast<int>(std::min<int64_t>(kThreads, (P + 31) / 32 * 32));
   const dim3 grid(static_cast<unsigned>((P + threads - 1) / threads), static_cast<unsigned>(chunks));
   GRADRES_DISPATCH_ACT(act, [&] {
-    act_bwd_kernel<T, A><<<grid, threads, 0, stream>>>(z, a_bar, d_bar, s, a, z_bar, d, part,
+    act_bwd_kernel<T, A><<<grid, threads, 0, stream>>>(z, a_bar, d_bar, s, z_bar, d, part,
                                                        rows, P, rows_per_chunk(rows), detach);
   });
   col_sum_kernel<T><<<blocks_for(P), kThreads, 0, stream>>>(part, chunks, P, zbar_colsum, s_bar,
@@ -335,7 +334,7 @@ void add_skip_grad(T* out, const T* y_bar, const T* alpha, int64_t n, cudaStream
                            cudaStream_t);                                                      \
   template void mix_bwd<T>(const T*, const T*, const T*, const T*, const T*, T*, T*, T*, T*,    \
                            void*, int64_t, int64_t, bool, bool, cudaStream_t);                 \
-  template void act_bwd<T>(const T*, const T*, const T*, const T*, T*, T*, T*, T*, T*, void*,  \
+  template void act_bwd<T>(const T*, const T*, const T*, const T*, T*, T*, T*, T*, void*,      \
                            int64_t, int64_t, Act, bool, cudaStream_t);                         \
   template void add_skip_grad<T>(T*, const T*, const T*, int64_t, cudaStream_t);
 

@@ -30,10 +30,10 @@ void mix_bwd(const T* y_bar, const T* g_hat, const T* x, const T* r, const T* al
              T* x_copy, T* alpha_bar, T* x_bar, void* row_partial, int64_t rows, int64_t Q,
              bool normalize, bool detach, cudaStream_t stream);
 
-// a = φ(z); z̄ = ā·φ'(z) [+ d̄·s·φ''(z)]; d = φ'(z)·s; column sums of z̄ and of d̄·φ'(z).
+// z̄ = ā·φ'(z) [+ d̄·s·φ''(z)]; d = φ'(z)·s; column sums of z̄ and of d̄·φ'(z).
 // col_partial: act_bwd_scratch_elems(rows, P, detach) scratch elements of the accumulation type.
 template <typename T>
-void act_bwd(const T* z, const T* a_bar, const T* d_bar, const T* s, T* a, T* z_bar, T* d,
+void act_bwd(const T* z, const T* a_bar, const T* d_bar, const T* s, T* z_bar, T* d,
              T* zbar_colsum, T* s_bar, void* col_partial, int64_t rows, int64_t P, Act act,
              bool detach, cudaStream_t stream);
 int64_t act_bwd_scratch_elems(int64_t rows, int64_t P, bool detach);
