@@ -3,6 +3,7 @@
 // in a CUDAExtension build (WITH_CUDA), next to the ATen GEMMs/convs of ops.cpp.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

@@ -1,0 +1,3 @@
+#pragma once
+#include <c10/core/Device.h>
+namespace c10 { namespace cuda { struct CUDAGuard { explicit CUDAGuard(c10::Device); }; } }
