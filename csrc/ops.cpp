@@ -72,6 +72,26 @@ void check_bwd_inputs(const Tensor& y_bar, const Tensor& x, const Tensor& w1, co
                     "r: expected shape (", normalize ? x.size(0) : 0, ",), got ", r.sizes());
 }
 
+void check_mlp_shapes(const Tensor& x, const Tensor& w1, const Tensor& w2) {
+  TORCH_CHECK_VALUE(x.dim() == 2 && w1.dim() == 2 && w2.dim() == 2 && w1.size(1) == x.size(1) &&
+                        w2.size(0) == x.size(1) && w2.size(1) == w1.size(0),
+                    "mlp: expected x (N, D), w1 (H, D), w2 (D, H); got ", x.sizes(), ", ",
+                    w1.sizes(), ", ", w2.sizes());
+}
+
+// The backward's tensor arguments, checked and made contiguous.
+struct BwdInputs {
+  Tensor y_bar, x, w1, w2, z, a, g_hat, r;
+};
+
+BwdInputs prepare_bwd(const Tensor& y_bar, const Tensor& x, const Tensor& w1, const Tensor& w2,
+                      const Tensor& alpha, const Tensor& z, const Tensor& a, const Tensor& g_hat,
+                      const Tensor& r, bool normalize) {
+  check_bwd_inputs(y_bar, x, w1, w2, alpha, z, a, g_hat, r, normalize);
+  return {y_bar.contiguous(), x.contiguous(), w1.contiguous(), w2.contiguous(),
+          z.contiguous(),     a.contiguous(), g_hat.contiguous(), r.contiguous()};
+}
+
 Tensor empty_r(const Tensor& x, bool normalize) {
   return at::empty({normalize ? x.size(0) : 0}, x.options());
 }
@@ -83,11 +103,7 @@ Tensor5 mlp_fwd(const Tensor& x_, const Tensor& w1_, const c10::optional<Tensor>
                 const Tensor& w2_, const c10::optional<Tensor>& b2, const Tensor& alpha,
                 c10::string_view activation, bool normalize, double eps, bool /*detach*/) {
   check_inputs(x_, w1_, b1, w2_, b2, alpha);
-  TORCH_CHECK_VALUE(x_.dim() == 2 && w1_.dim() == 2 && w2_.dim() == 2 &&
-                        w1_.size(1) == x_.size(1) && w2_.size(0) == x_.size(1) &&
-                        w2_.size(1) == w1_.size(0),
-                    "mlp_fwd: expected x (N, D), w1 (H, D), w2 (D, H); got ", x_.sizes(), ", ",
-                    w1_.sizes(), ", ", w2_.sizes());
+  check_mlp_shapes(x_, w1_, w2_);
   const Act act = parse_act(activation);
   const Tensor x = x_.contiguous(), w1 = w1_.contiguous(), w2 = w2_.contiguous();
   Tensor z = b1 ? at::addmm(*b1, x, w1.t()) : at::mm(x, w1.t());
@@ -105,20 +121,12 @@ Tensor5 mlp_fwd(const Tensor& x_, const Tensor& w1_, const c10::optional<Tensor>
 Tensor6 mlp_bwd(const Tensor& y_bar_, const Tensor& x_, const Tensor& w1_,
                 const c10::optional<Tensor>& /*b1: for autograd only*/, const Tensor& w2_,
                 const Tensor& alpha, const Tensor& z_, const Tensor& a_, const Tensor& g_hat_,
-                const Tensor& r_,
-                c10::string_view activation, bool normalize, double /*eps: for autograd only*/,
-                bool detach) {
+                const Tensor& r_, c10::string_view activation, bool normalize,
+                double /*eps: for autograd only*/, bool detach) {
   const Act act = parse_act(activation);
-  TORCH_CHECK_VALUE(x_.dim() == 2 && w1_.dim() == 2 && w2_.dim() == 2 &&
-                        w1_.size(1) == x_.size(1) && w2_.size(0) == x_.size(1) &&
-                        w2_.size(1) == w1_.size(0),
-                    "mlp_bwd: expected x (N, D), w1 (H, D), w2 (D, H); got ", x_.sizes(), ", ",
-                    w1_.sizes(), ", ", w2_.sizes());
-  check_bwd_inputs(y_bar_, x_, w1_, w2_, alpha, z_, a_, g_hat_, r_, normalize);
-  const Tensor y_bar = y_bar_.contiguous(), x = x_.contiguous();
-  const Tensor w1 = w1_.contiguous(), w2 = w2_.contiguous();
-  const Tensor z = z_.contiguous(), a = a_.contiguous(), g_hat = g_hat_.contiguous();
-  const Tensor r = r_.contiguous();
+  check_mlp_shapes(x_, w1_, w2_);
+  const auto [y_bar, x, w1, w2, z, a, g_hat, r] =
+      prepare_bwd(y_bar_, x_, w1_, w2_, alpha, z_, a_, g_hat_, r_, normalize);
   const int64_t N = x.size(0), D = x.size(1), H = w1.size(0);
   // Stacked operands of the one W̄1 GEMM: [z̄; d]ᵀ [x; ḡ] (detach mode: z̄ᵀ x).
   Tensor xs = detach ? x : at::empty({2 * N, D}, x.options());
@@ -211,16 +219,12 @@ Tensor5 conv_fwd(const Tensor& x_, const Tensor& w1_, const c10::optional<Tensor
 Tensor6 conv_bwd(const Tensor& y_bar_, const Tensor& x_, const Tensor& w1_,
                  const c10::optional<Tensor>& /*b1: for autograd only*/, const Tensor& w2_,
                  const Tensor& alpha, const Tensor& z_, const Tensor& a_, const Tensor& g_hat_,
-                const Tensor& r_,
-                 c10::string_view activation, bool normalize, double /*eps: for autograd only*/,
-                 bool detach) {
+                 const Tensor& r_, c10::string_view activation, bool normalize,
+                 double /*eps: for autograd only*/, bool detach) {
   const Act act = parse_act(activation);
   check_conv_shapes(x_, w1_, w2_);
-  check_bwd_inputs(y_bar_, x_, w1_, w2_, alpha, z_, a_, g_hat_, r_, normalize);
-  const Tensor y_bar = y_bar_.contiguous(), x = x_.contiguous();
-  const Tensor w1 = w1_.contiguous(), w2 = w2_.contiguous();
-  const Tensor z = z_.contiguous(), a = a_.contiguous(), g_hat = g_hat_.contiguous();
-  const Tensor r = r_.contiguous();
+  const auto [y_bar, x, w1, w2, z, a, g_hat, r] =
+      prepare_bwd(y_bar_, x_, w1_, w2_, alpha, z_, a_, g_hat_, r_, normalize);
   const int64_t N = x.size(0), Cm = w1.size(0), H = x.size(2), W = x.size(3);
   auto stacked = [&](const Tensor& like) {
     auto sizes = like.sizes().vec();

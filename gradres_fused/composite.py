@@ -52,7 +52,9 @@ def backward_formulas(fam, act: Activation, y_bar: Tensor, x, w1, w2, alpha, par
     m = torch.sigmoid(alpha.reshape(()))
     alpha_bar = None
     if needs[5]:
-        alpha_bar = (m * (1 - m) * (y_bar * (g_hat - x)).sum()).reshape(alpha.shape)
+        # A full reduction that may cancel: accumulate in float64 (as the fused kernels do).
+        total = torch.sum(y_bar * (g_hat - x), dtype=torch.float64).to(alpha.dtype)
+        alpha_bar = (m * (1 - m) * total).reshape(alpha.shape)
 
     d1 = act.d1(z)
     a = act.fn(z)

@@ -73,9 +73,11 @@ def assert_parity(got, want, dtype, baseline=None, first_order=None):
     float64: max abs error ≤ 1e-9 (double backward: ≤ 1e-9·max(1, max|ref|), a third derivative).
     Lower precision: ‖got − want‖/‖want‖ ≤ 1e-5 (float32) or 3e-3 (float16/bfloat16), `want`
     being the reference in higher precision. Some outputs are ill-conditioned in low precision:
-    a one-element output is a full reduction that may cancel (ᾱ, the bias of a 1-channel layer:
-    10× the tolerance); ĝ of a 1-wide row is nearly sign(g); a double backward is a third
-    derivative (1e-3 in float32). `baseline`, the reference run in `dtype` itself, measures the
+    an output of a few elements (≤ 8: the bias or weight of a 1-wide layer) is a handful of full
+    reductions that may cancel (10× the tolerance), a one-element output (ᾱ) is one such sum
+    (100×: its relative error grows with the cancellation, seen up to 1.4e-4 in float32 on
+    correct code); ĝ of a 1-wide row is nearly sign(g); a double backward is a third derivative
+    (1e-3 in float32). Every one of these is checked to 1e-9 in float64 above. `baseline`, the reference run in `dtype` itself, measures the
     conditioning: an output may always be off by 4× the reference's own error in that precision.
     """
     assert len(got) == len(want)
@@ -92,8 +94,8 @@ def assert_parity(got, want, dtype, baseline=None, first_order=None):
         tol = 1e-5 if dtype == torch.float32 else 3e-3
         if i >= first_order:
             tol = max(tol, 1e-3)
-        if a.numel() == 1:
-            tol *= 10
+        if a.numel() <= 8:
+            tol *= 100 if a.numel() == 1 else 10
         if baseline is not None:
             tol = max(tol, 4 * _rel(baseline[i], b))
         rel = _rel(a, b)
