@@ -97,74 +97,39 @@ Tensor empty_r(const Tensor& x, bool normalize) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// MLP: x (N, D), w1 (H, D), w2 (D, H). Returns y and what the backward needs: z, a = φ(z)
-// (kept rather than recomputed: the W̄2 GEMM reads it, and plain autograd keeps it too), ĝ, r.
-Tensor5 mlp_fwd(const Tensor& x_, const Tensor& w1_, const c10::optional<Tensor>& b1,
-                const Tensor& w2_, const c10::optional<Tensor>& b2, const Tensor& alpha,
-                c10::string_view activation, bool normalize, double eps, bool /*detach*/) {
-  check_inputs(x_, w1_, b1, w2_, b2, alpha);
-  check_mlp_shapes(x_, w1_, w2_);
-  const Act act = parse_act(activation);
-  const Tensor x = x_.contiguous(), w1 = w1_.contiguous(), w2 = w2_.contiguous();
-  Tensor z = b1 ? at::addmm(*b1, x, w1.t()) : at::mm(x, w1.t());
-  const Tensor s = w2.sum(0);
-  Tensor a = at::empty_like(z), d = at::empty_like(z);
-  act_fwd(z, s, act, a, d);
-  Tensor y = b2 ? at::addmm(*b2, a, w2.t()) : at::mm(a, w2.t());  // F; becomes y in place
-  Tensor g = at::mm(d, w1);                                          // g; becomes ĝ in place
-  Tensor r = empty_r(x, normalize);
-  mix_fwd(y, g, x, alpha, normalize, eps, r);
-  return {y, z, a, g, r};
-}
+// The two block families as sets of linear maps (the C++ twin of gradres_fused/blocks.py): the
+// forward and backward below are written once over a family. Every tensor a fused stage reads is
+// viewed as (samples, features) with rows_view, which leaves the MLP's 2-D tensors as they are.
 
-// Backward of DESIGN §2 for the MLP. Returns (x̄, W̄1, b̄1, W̄2, b̄2, ᾱ); b̄1, b̄2 always computed.
-Tensor6 mlp_bwd(const Tensor& y_bar_, const Tensor& x_, const Tensor& w1_,
-                const c10::optional<Tensor>& /*b1: for autograd only*/, const Tensor& w2_,
-                const Tensor& alpha, const Tensor& z_, const Tensor& a_, const Tensor& g_hat_,
-                const Tensor& r_, c10::string_view activation, bool normalize,
-                double /*eps: for autograd only*/, bool detach) {
-  const Act act = parse_act(activation);
-  check_mlp_shapes(x_, w1_, w2_);
-  const auto [y_bar, x, w1, w2, z, a, g_hat, r] =
-      prepare_bwd(y_bar_, x_, w1_, w2_, alpha, z_, a_, g_hat_, r_, normalize);
-  const int64_t N = x.size(0), D = x.size(1), H = w1.size(0);
-  // Stacked operands of the one W̄1 GEMM: [z̄; d]ᵀ [x; ḡ] (detach mode: z̄ᵀ x).
-  Tensor xs = detach ? x : at::empty({2 * N, D}, x.options());
-  Tensor zs = at::empty({detach ? N : 2 * N, H}, x.options());
-  Tensor g_bar = detach ? Tensor() : xs.narrow(0, N, N);
-  Tensor x_copy = detach ? Tensor() : xs.narrow(0, 0, N);
-  Tensor alpha_bar = at::empty_like(alpha);
-  Tensor no_x_bar;
-  if (!detach) mix_bwd(y_bar, g_hat, x, r, alpha, normalize, detach, g_bar, x_copy, alpha_bar,
-                       no_x_bar);
+// MLP: x (N, D), w1 (H, D), w2 (D, H) in the nn.Linear convention; s = W2ᵀ1.
+struct MLP {
+  static void check(const Tensor& x, const Tensor& w1, const Tensor& w2) {
+    check_mlp_shapes(x, w1, w2);
+  }
+  static Tensor lin(const Tensor& t, const Tensor& w, const c10::optional<Tensor>& b) {
+    return b ? at::addmm(*b, t, w.t()) : at::mm(t, w.t());
+  }
+  static Tensor adjoint(const Tensor& t, const Tensor& w) { return at::mm(t, w); }
+  static Tensor weight_grad(const Tensor& inp, const Tensor& grad_out, const Tensor& /*w*/) {
+    return at::mm(grad_out.t(), inp);
+  }
+  // (W̄2, b̄2) of F = a W2ᵀ + b2
+  static std::tuple<Tensor, Tensor> lin2_grads(const Tensor& y_bar, const Tensor& a,
+                                               const Tensor& w2) {
+    return {at::mm(y_bar.t(), a), y_bar.sum(0)};
+  }
+  static Tensor smap(const Tensor& w2, const Tensor& /*x*/) { return w2.sum(0); }
+  static void add_smap_adjoint(Tensor& w2_bar, const Tensor& s_bar, const Tensor& /*x*/) {
+    w2_bar.add_(s_bar.unsqueeze(0));  // every row of W2 gets s̄
+  }
+  static Tensor bias_grad(const Tensor& zbar_colsum, const Tensor& /*w1*/) { return zbar_colsum; }
+};
 
-  const Tensor a_bar = at::mm(y_bar, w2);
-  const Tensor d_bar = detach ? Tensor() : at::mm(g_bar, w1.t());
-  const Tensor s = w2.sum(0);
-  Tensor z_bar = zs.narrow(0, 0, N);
-  Tensor d = detach ? Tensor() : zs.narrow(0, N, N);
-  Tensor b1_bar = at::empty({H}, x.options());
-  Tensor s_bar = detach ? Tensor() : at::empty({H}, x.options());
-  act_bwd(z, a_bar, d_bar, s, act, detach, z_bar, d, b1_bar, s_bar);
-
-  Tensor w2_bar = at::mm(y_bar.t(), a);
-  if (!detach) w2_bar.add_(s_bar.unsqueeze(0));  // s = W2ᵀ1: every row of W2 gets s̄
-  Tensor b2_bar = y_bar.sum(0);
-  Tensor w1_bar = at::mm(zs.t(), xs);
-  Tensor x_bar = at::mm(z_bar, w1);
-  if (detach)  // ᾱ and x̄ += (1 − m)ȳ in one pass over ȳ
-    mix_bwd(y_bar, g_hat, x, r, alpha, normalize, detach, g_bar, x_copy, alpha_bar, x_bar);
-  else
-    add_skip_grad(x_bar, y_bar, alpha);
-  return {x_bar, w1_bar, b1_bar, w2_bar, b2_bar, alpha_bar};
-}
-
-// ---------------------------------------------------------------------------------------------
 // Conv: x (N, C, H, W), w1 (Cm, C, k1h, k1w), w2 (C, Cm, k2h, k2w), odd kernels, 'same' padding.
 std::vector<int64_t> same_pad(const Tensor& w) { return {w.size(2) / 2, w.size(3) / 2}; }
 
 Tensor conv(const Tensor& t, const Tensor& w, const c10::optional<Tensor>& b, bool transposed) {
-  return at::convolution(t, w, b, {1, 1}, same_pad(w), {1, 1}, transposed, {0, 0}, 1);
+  return at::convolution(t, w, b, {1, 1}, same_pad(w), {1, 1}, transposed, {0, 0}, 1).contiguous();
 }
 
 // R[u, i] = 1 where kernel tap u reaches output row i: 0 ≤ i − u + k/2 < n.
@@ -173,17 +138,6 @@ Tensor border(int64_t k, int64_t n, const Tensor& like) {
   auto i = at::arange(n, like.options().dtype(at::kLong)).unsqueeze(0);
   auto o = i - u + k / 2;
   return ((o >= 0) & (o < n)).to(like.scalar_type());
-}
-
-// S[c,i,j] = Σ_{u,v} W2.sum(0)[c,u,v] R[u,i] Q[v,j]: ∂ΣF/∂a, independent of x.
-Tensor smap(const Tensor& w2, int64_t h, int64_t w) {
-  return at::einsum("cuv,ui,vj->cij", {w2.sum(0), border(w2.size(2), h, w2), border(w2.size(3), w, w2)});
-}
-
-// W̄2[o,c,u,v] += Σ_{i,j} S̄[c,i,j] R[u,i] Q[v,j] for every o.
-Tensor smap_adjoint(const Tensor& s_bar, const Tensor& w2) {
-  return at::einsum("cij,ui,vj->cuv", {s_bar, border(w2.size(2), s_bar.size(1), w2),
-                                       border(w2.size(3), s_bar.size(2), w2)});
 }
 
 void check_conv_shapes(const Tensor& x, const Tensor& w1, const Tensor& w2) {
@@ -196,37 +150,82 @@ void check_conv_shapes(const Tensor& x, const Tensor& w1, const Tensor& w2) {
                       "conv: expected odd kernel sizes, got ", w->sizes());
 }
 
-Tensor5 conv_fwd(const Tensor& x_, const Tensor& w1_, const c10::optional<Tensor>& b1,
-                 const Tensor& w2_, const c10::optional<Tensor>& b2, const Tensor& alpha,
-                 c10::string_view activation, bool normalize, double eps, bool /*detach*/) {
+struct Conv {
+  static void check(const Tensor& x, const Tensor& w1, const Tensor& w2) {
+    check_conv_shapes(x, w1, w2);
+  }
+  static Tensor lin(const Tensor& t, const Tensor& w, const c10::optional<Tensor>& b) {
+    return conv(t, w, b, false);
+  }
+  static Tensor adjoint(const Tensor& t, const Tensor& w) { return conv(t, w, c10::nullopt, true); }
+  static Tensor weight_grad(const Tensor& inp, const Tensor& grad_out, const Tensor& w) {
+    return std::get<1>(at::convolution_backward(grad_out, inp, w, c10::nullopt, {1, 1},
+                                                same_pad(w), {1, 1}, false, {0, 0}, 1,
+                                                {false, true, false}));
+  }
+  static std::tuple<Tensor, Tensor> lin2_grads(const Tensor& y_bar, const Tensor& a,
+                                               const Tensor& w2) {
+    const std::vector<int64_t> b2_sizes = {w2.size(0)};
+    auto g = at::convolution_backward(y_bar, a, w2, b2_sizes, {1, 1}, same_pad(w2), {1, 1},
+                                      false, {0, 0}, 1, {false, true, true});
+    return {std::get<1>(g), std::get<2>(g)};
+  }
+  // S[c,i,j] = Σ_{u,v} W2.sum(0)[c,u,v] R[u,i] Q[v,j]: ∂ΣF/∂a, independent of x; flattened.
+  static Tensor smap(const Tensor& w2, const Tensor& x) {
+    return at::einsum("cuv,ui,vj->cij", {w2.sum(0), border(w2.size(2), x.size(2), w2),
+                                         border(w2.size(3), x.size(3), w2)})
+        .contiguous()
+        .view({-1});
+  }
+  // W̄2[o,c,u,v] += Σ_{i,j} S̄[c,i,j] R[u,i] Q[v,j] for every o.
+  static void add_smap_adjoint(Tensor& w2_bar, const Tensor& s_bar, const Tensor& x) {
+    const Tensor sb = s_bar.view({w2_bar.size(1), x.size(2), x.size(3)});
+    w2_bar.add_(at::einsum("cij,ui,vj->cuv", {sb, border(w2_bar.size(2), x.size(2), w2_bar),
+                                              border(w2_bar.size(3), x.size(3), w2_bar)})
+                    .unsqueeze(0));
+  }
+  static Tensor bias_grad(const Tensor& zbar_colsum, const Tensor& w1) {
+    return zbar_colsum.view({w1.size(0), -1}).sum(1);
+  }
+};
+
+// Forward of DESIGN §1. Returns y and what the backward needs: z, a = φ(z) (kept rather than
+// recomputed: the W̄2 GEMM reads it, and plain autograd keeps it too), ĝ, r.
+template <typename Fam>
+Tensor5 block_fwd(const Tensor& x_, const Tensor& w1_, const c10::optional<Tensor>& b1,
+                  const Tensor& w2_, const c10::optional<Tensor>& b2, const Tensor& alpha,
+                  c10::string_view activation, bool normalize, double eps, bool /*detach*/) {
   check_inputs(x_, w1_, b1, w2_, b2, alpha);
-  check_conv_shapes(x_, w1_, w2_);
+  Fam::check(x_, w1_, w2_);
   const Act act = parse_act(activation);
   const Tensor x = x_.contiguous(), w1 = w1_.contiguous(), w2 = w2_.contiguous();
-  Tensor z = conv(x, w1, b1, false).contiguous();
-  const Tensor s = smap(w2, x.size(2), x.size(3)).contiguous().view({-1});
+  Tensor z = Fam::lin(x, w1, b1);
+  const Tensor s = Fam::smap(w2, x);
   Tensor a = at::empty_like(z), d = at::empty_like(z);
-  Tensor zv = rows_view(z), av = rows_view(a), dv = rows_view(d);
-  act_fwd(zv, s, act, av, dv);
-  Tensor y = conv(a, w2, b2, false).contiguous();
-  Tensor g = conv(d, w1, c10::nullopt, true).contiguous();
+  Tensor av = rows_view(a), dv = rows_view(d);
+  act_fwd(rows_view(z), s, act, av, dv);
+  Tensor y = Fam::lin(a, w2, b2);                  // F; becomes y in place
+  Tensor g = Fam::adjoint(d, w1);                  // g; becomes ĝ in place
   Tensor r = empty_r(x, normalize);
   Tensor yv = rows_view(y), gv = rows_view(g);
   mix_fwd(yv, gv, rows_view(x), alpha, normalize, eps, r);
   return {y, z, a, g, r};
 }
 
-Tensor6 conv_bwd(const Tensor& y_bar_, const Tensor& x_, const Tensor& w1_,
-                 const c10::optional<Tensor>& /*b1: for autograd only*/, const Tensor& w2_,
-                 const Tensor& alpha, const Tensor& z_, const Tensor& a_, const Tensor& g_hat_,
-                 const Tensor& r_, c10::string_view activation, bool normalize,
-                 double /*eps: for autograd only*/, bool detach) {
+// Backward of DESIGN §2. Returns (x̄, W̄1, b̄1, W̄2, b̄2, ᾱ); b̄1, b̄2 always computed.
+template <typename Fam>
+Tensor6 block_bwd(const Tensor& y_bar_, const Tensor& x_, const Tensor& w1_,
+                  const c10::optional<Tensor>& /*b1: for autograd only*/, const Tensor& w2_,
+                  const Tensor& alpha, const Tensor& z_, const Tensor& a_, const Tensor& g_hat_,
+                  const Tensor& r_, c10::string_view activation, bool normalize,
+                  double /*eps: for autograd only*/, bool detach) {
   const Act act = parse_act(activation);
-  check_conv_shapes(x_, w1_, w2_);
+  Fam::check(x_, w1_, w2_);
   const auto [y_bar, x, w1, w2, z, a, g_hat, r] =
       prepare_bwd(y_bar_, x_, w1_, w2_, alpha, z_, a_, g_hat_, r_, normalize);
-  const int64_t N = x.size(0), Cm = w1.size(0), H = x.size(2), W = x.size(3);
-  auto stacked = [&](const Tensor& like) {
+  const int64_t N = x.size(0);
+  // Stacked operands of the one W̄1 GEMM/conv: [z̄; d]ᵀ [x; ḡ] (detach mode: z̄ᵀ x).
+  auto stacked = [](const Tensor& like) {
     auto sizes = like.sizes().vec();
     sizes[0] *= 2;
     return at::empty(sizes, like.options());
@@ -234,35 +233,30 @@ Tensor6 conv_bwd(const Tensor& y_bar_, const Tensor& x_, const Tensor& w1_,
   Tensor xs = detach ? x : stacked(x);
   Tensor zs = detach ? at::empty_like(z) : stacked(z);
   Tensor g_bar = detach ? Tensor() : xs.narrow(0, N, N);
-  Tensor x_copy = detach ? Tensor() : xs.narrow(0, 0, N);
+  Tensor gbv = detach ? Tensor() : rows_view(g_bar);
+  Tensor xcv = detach ? Tensor() : rows_view(xs.narrow(0, 0, N));
   Tensor alpha_bar = at::empty_like(alpha);
-  Tensor gbv = detach ? Tensor() : rows_view(g_bar), xcv = detach ? Tensor() : rows_view(x_copy);
   Tensor no_x_bar;
-  if (!detach)
+  if (!detach)  // ḡ is needed before the d̄ GEMM; ᾱ comes with it
     mix_bwd(rows_view(y_bar), rows_view(g_hat), rows_view(x), r, alpha, normalize, detach, gbv,
             xcv, alpha_bar, no_x_bar);
-  const Tensor a_bar = conv(y_bar, w2, c10::nullopt, true).contiguous();
-  const Tensor d_bar = detach ? Tensor() : conv(g_bar, w1, c10::nullopt, false).contiguous();
-  const Tensor s = smap(w2, H, W).contiguous().view({-1});
+
+  const Tensor a_bar = Fam::adjoint(y_bar, w2);
+  const Tensor d_bar = detach ? Tensor() : Fam::lin(g_bar, w1, c10::nullopt);
+  const Tensor s = Fam::smap(w2, x);
   Tensor z_bar = zs.narrow(0, 0, N);
-  Tensor d = detach ? Tensor() : zs.narrow(0, N, N);
-  Tensor zbar_colsum = at::empty({Cm * H * W}, x.options());
-  Tensor s_bar = detach ? Tensor() : at::empty({Cm * H * W}, x.options());
-  {
-    Tensor zbv = rows_view(z_bar), dv = detach ? Tensor() : rows_view(d);
-    act_bwd(rows_view(z), rows_view(a_bar), detach ? Tensor() : rows_view(d_bar), s, act, detach,
-            zbv, dv, zbar_colsum, s_bar);
-  }
-  const std::vector<int64_t> b2_sizes = {w2.size(0)};
-  auto grads2 = at::convolution_backward(y_bar, a, w2, b2_sizes, {1, 1}, same_pad(w2), {1, 1},
-                                         false, {0, 0}, 1, {false, true, true});
-  Tensor w2_bar = std::get<1>(grads2), b2_bar = std::get<2>(grads2);
-  if (!detach) w2_bar.add_(smap_adjoint(s_bar.view({Cm, H, W}), w2).unsqueeze(0));
-  Tensor w1_bar = std::get<1>(at::convolution_backward(zs, xs, w1, c10::nullopt, {1, 1},
-                                                       same_pad(w1), {1, 1}, false, {0, 0}, 1,
-                                                       {false, true, false}));
-  Tensor b1_bar = zbar_colsum.view({Cm, H * W}).sum(1);
-  Tensor x_bar = conv(z_bar, w1, c10::nullopt, true).contiguous();
+  Tensor zbv = rows_view(z_bar);
+  Tensor dv = detach ? Tensor() : rows_view(zs.narrow(0, N, N));
+  Tensor zbar_colsum = at::empty_like(s);
+  Tensor s_bar = detach ? Tensor() : at::empty_like(s);
+  act_bwd(rows_view(z), rows_view(a_bar), detach ? Tensor() : rows_view(d_bar), s, act, detach,
+          zbv, dv, zbar_colsum, s_bar);
+
+  auto [w2_bar, b2_bar] = Fam::lin2_grads(y_bar, a, w2);
+  if (!detach) Fam::add_smap_adjoint(w2_bar, s_bar, x);
+  Tensor w1_bar = Fam::weight_grad(xs, zs, w1);
+  Tensor b1_bar = Fam::bias_grad(zbar_colsum, w1);
+  Tensor x_bar = Fam::adjoint(z_bar, w1);
   if (detach) {  // ᾱ and x̄ += (1 − m)ȳ in one pass over ȳ
     Tensor xbv = rows_view(x_bar);
     mix_bwd(rows_view(y_bar), rows_view(g_hat), rows_view(x), r, alpha, normalize, detach, gbv,
@@ -271,6 +265,14 @@ Tensor6 conv_bwd(const Tensor& y_bar_, const Tensor& x_, const Tensor& w1_,
     add_skip_grad(x_bar, y_bar, alpha);
   }
   return {x_bar, w1_bar, b1_bar, w2_bar, b2_bar, alpha_bar};
+}
+
+// The same glue serves every device: the fused stages dispatch on the tensors' device.
+void impl_all(torch::Library& m) {
+  m.impl("mlp_fwd", &block_fwd<MLP>);
+  m.impl("mlp_bwd", &block_bwd<MLP>);
+  m.impl("conv_fwd", &block_fwd<Conv>);
+  m.impl("conv_bwd", &block_bwd<Conv>);
 }
 
 }  // namespace
@@ -296,18 +298,12 @@ TORCH_LIBRARY(gradres_fused, m) {
 }
 
 TORCH_LIBRARY_IMPL(gradres_fused, CPU, m) {
-  m.impl("mlp_fwd", &gradres::mlp_fwd);
-  m.impl("mlp_bwd", &gradres::mlp_bwd);
-  m.impl("conv_fwd", &gradres::conv_fwd);
-  m.impl("conv_bwd", &gradres::conv_bwd);
+  gradres::impl_all(m);
 }
 
 #ifdef WITH_CUDA
 TORCH_LIBRARY_IMPL(gradres_fused, CUDA, m) {
-  m.impl("mlp_fwd", &gradres::mlp_fwd);
-  m.impl("mlp_bwd", &gradres::mlp_bwd);
-  m.impl("conv_fwd", &gradres::conv_fwd);
-  m.impl("conv_bwd", &gradres::conv_bwd);
+  gradres::impl_all(m);
 }
 #endif
 
