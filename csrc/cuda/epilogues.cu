@@ -84,16 +84,25 @@ __device__ __forceinline__ A group_sum(A v, A* shared) {
   return t;
 }
 
-// G = 32: a warp per row, blockDim.x / 32 rows per block; G = blockDim.x: a block per row.
+// The row `n` and the lane `t` within it of this thread, for a group of G threads per row:
+// G = 32, a warp per row (blockDim.x / 32 rows per block); G = blockDim.x, a block per row.
+template <int G>
+struct RowGroup {
+  int64_t n;
+  int t;
+  __device__ RowGroup()
+      : n(int64_t(blockIdx.x) * (blockDim.x / G) + threadIdx.x / G), t(threadIdx.x % G) {}
+};
+
 template <typename T, int G>
 __global__ void mix_fwd_kernel(T* __restrict__ f, T* __restrict__ g, const T* __restrict__ x,
                                const T* __restrict__ alpha, T* __restrict__ r, int64_t rows,
                                int64_t Q, bool normalize, double eps) {
   using A = typename Acc<T>::type;
   __shared__ A shared[kThreads / 32];
-  const int rows_per_block = blockDim.x / G;
-  const int64_t n = int64_t(blockIdx.x) * rows_per_block + threadIdx.x / G;
-  const int t = threadIdx.x % G;
+  const RowGroup<G> row;
+  const int64_t n = row.n;
+  const int t = row.t;
   const A m = mix_weight(alpha);
   if (G > 32 && n >= rows) return;  // block-wide groups: whole block exits together
   A scale = A(1);
@@ -125,9 +134,9 @@ __global__ void mix_bwd_kernel(const T* __restrict__ y_bar, const T* __restrict_
                                int64_t rows, int64_t Q, bool normalize, bool detach) {
   using A = typename Acc<T>::type;
   __shared__ A shared[kThreads / 32];
-  const int rows_per_block = blockDim.x / G;
-  const int64_t n = int64_t(blockIdx.x) * rows_per_block + threadIdx.x / G;
-  const int t = threadIdx.x % G;
+  const RowGroup<G> row;
+  const int64_t n = row.n;
+  const int t = row.t;
   const A m = mix_weight(alpha);
   if (G > 32 && n >= rows) return;
   A part = A(0), dot = A(0);
@@ -244,6 +253,20 @@ __global__ void add_skip_grad_kernel(T* __restrict__ out, const T* __restrict__ 
 // Rows of at most this width get a warp each; wider rows a 256-thread block each.
 constexpr int64_t kWarpRowMax = 2048;
 
+// Launches the warp-per-row or the block-per-row instance of a row kernel over `rows` rows.
+template <typename WarpKernel, typename BlockKernel, typename... Args>
+void launch_rows(WarpKernel warp_kernel, BlockKernel block_kernel, int64_t rows, int64_t Q,
+                 cudaStream_t stream, Args... args) {
+  if (rows == 0) return;
+  if (Q <= kWarpRowMax) {
+    const int64_t per_block = kThreads / 32;
+    warp_kernel<<<static_cast<unsigned>((rows + per_block - 1) / per_block), kThreads, 0,
+                  stream>>>(args...);
+  } else {
+    block_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(args...);
+  }
+}
+
 }  // namespace
 
 template <typename T>
@@ -264,15 +287,8 @@ void act_fwd(const T* z, const T* s, T* a, T* d, int64_t rows, int64_t P, Act ac
 template <typename T>
 void mix_fwd(T* f, T* g, const T* x, const T* alpha, T* r, int64_t rows, int64_t Q,
              bool normalize, double eps, cudaStream_t stream) {
-  if (rows == 0) return;
-  if (Q <= kWarpRowMax) {
-    const int per_block = kThreads / 32;
-    mix_fwd_kernel<T, 32><<<static_cast<unsigned>((rows + per_block - 1) / per_block), kThreads, 0,
-                            stream>>>(f, g, x, alpha, r, rows, Q, normalize, eps);
-  } else {
-    mix_fwd_kernel<T, kThreads><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
-        f, g, x, alpha, r, rows, Q, normalize, eps);
-  }
+  launch_rows(mix_fwd_kernel<T, 32>, mix_fwd_kernel<T, kThreads>, rows, Q, stream, f, g, x, alpha,
+              r, rows, Q, normalize, eps);
 }
 
 template <typename T>
@@ -281,17 +297,8 @@ void mix_bwd(const T* y_bar, const T* g_hat, const T* x, const T* r, const T* al
              bool normalize, bool detach, cudaStream_t stream) {
   using A = typename Acc<T>::type;
   A* part = static_cast<A*>(row_partial);
-  if (rows > 0) {
-    if (Q <= kWarpRowMax) {
-      const int per_block = kThreads / 32;
-      mix_bwd_kernel<T, 32><<<static_cast<unsigned>((rows + per_block - 1) / per_block), kThreads,
-                              0, stream>>>(y_bar, g_hat, x, r, alpha, g_bar, x_copy, x_bar, part,
-                                           rows, Q, normalize, detach);
-    } else {
-      mix_bwd_kernel<T, kThreads><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
-          y_bar, g_hat, x, r, alpha, g_bar, x_copy, x_bar, part, rows, Q, normalize, detach);
-    }
-  }
+  launch_rows(mix_bwd_kernel<T, 32>, mix_bwd_kernel<T, kThreads>, rows, Q, stream, y_bar, g_hat, x,
+              r, alpha, g_bar, x_copy, x_bar, part, rows, Q, normalize, detach);
   alpha_bar_kernel<T><<<1, kThreads, 0, stream>>>(part, rows, alpha, alpha_bar);
 }
 
