@@ -26,6 +26,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 import gradres_fused as gf
+from gradres_fused import triton_backend
 from gradres_fused.backends import KNOWN, unavailable_reason
 from bench.measure import (ceilings, peak_mem_mb, quantiles, roofline_pct, saved_tensor_mb, sync,
                            time_once)
@@ -71,6 +72,8 @@ def _peers(case: Case, device, dtype, compile_: bool) -> Tuple[Dict, Dict]:
     peers, skipped = {("plain", False): case.forward("plain")}, {}
     for name in KNOWN:
         reason = unavailable_reason(name, device, dtype)
+        if reason is None and name == "triton" and triton_backend.interpreted():
+            reason = "Triton interpreter (TRITON_INTERPRET=1): a correctness tool, not timed"
         if reason is not None:
             skipped[(name, False)] = f"unavailable: {reason}"
             continue

@@ -17,7 +17,7 @@ from typing import Callable, Dict, List, Optional, Union
 
 import torch
 
-from . import composite, cpp, reference
+from . import composite, cpp, reference, triton_backend
 
 ENV_VAR = "GRADRES_BACKEND"
 
@@ -35,6 +35,8 @@ class Backend:
     # False on a device: the dispatcher runs float16/bfloat16 inputs there on float32 copies
     # (float32 accumulation); True: the backend takes them as they are.
     native_low_precision: Callable[[torch.device], bool] = lambda device: False
+    # False on a device: `auto` passes this backend over there (it may still be named).
+    auto_ok: Callable[[torch.device], bool] = lambda device: True
 
 
 _REGISTRY: Dict[str, Backend] = {}
@@ -42,7 +44,7 @@ _REGISTRY: Dict[str, Backend] = {}
 KNOWN = ("reference", "composite", "cpp", "triton")
 # Fastest first; `reference` is never picked by auto (it is the slow ground truth).
 AUTO_ORDER = ("triton", "cpp", "composite")
-_REASONS = {"cpp": cpp.IMPORT_ERROR}  # why a known backend did not register
+_REASONS = {"cpp": cpp.IMPORT_ERROR, "triton": triton_backend.IMPORT_ERROR}  # why a known backend did not register
 
 
 def register(backend: Backend) -> None:
@@ -54,6 +56,10 @@ register(Backend("composite", composite.gradres_mlp, composite.gradres_conv2d))
 if cpp.IMPORT_ERROR is None:
     register(Backend("cpp", cpp.gradres_mlp, cpp.gradres_conv2d, cpp.unavailable,
                      cpp.native_low_precision))
+if triton_backend.IMPORT_ERROR is None:
+    register(Backend("triton", triton_backend.gradres_mlp, triton_backend.gradres_conv2d,
+                     triton_backend.unavailable, triton_backend.native_low_precision,
+                     triton_backend.auto_ok))
 
 
 def _devices(device) -> List[torch.device]:
@@ -94,7 +100,7 @@ def get_backend(name: str, device: torch.device, dtype: torch.dtype) -> Backend:
         else:
             for candidate in AUTO_ORDER:
                 b = _REGISTRY.get(candidate)
-                if b is not None and b.unavailable(device, dtype) is None:
+                if b is not None and b.auto_ok(device) and b.unavailable(device, dtype) is None:
                     return b
             raise RuntimeError(f"backend: no backend can run on {device} with {dtype}")
     b = _REGISTRY.get(name)

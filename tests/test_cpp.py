@@ -8,7 +8,8 @@ import torch
 
 import gradres_fused as gf
 from gradres_fused import cpp
-from conftest import ACTIVATIONS, assert_parity, conv_inputs, mlp_inputs, outputs_and_grads
+from conftest import (ACTIVATIONS, assert_compiled_matches_eager, assert_parity, conv_inputs,
+                      mlp_inputs, outputs_and_grads)
 
 pytestmark = pytest.mark.skipif(cpp.IMPORT_ERROR is not None,
                                 reason=f"cpp backend not built: {cpp.IMPORT_ERROR}")
@@ -111,17 +112,9 @@ def test_third_order_through_fused_backward(detach):
 
 
 def test_torch_compile_fullgraph_traces_the_ops():
-    torch._dynamo.reset()
     model = torch.nn.Sequential(gf.GradResMLP(6, 8, activation="silu", backend="cpp"),
                                 gf.GradResMLP(6, 8, detach=False, backend="cpp"))
-    x = torch.randn(5, 6)
-    compiled = torch.compile(model, fullgraph=True)
-    y_eager, y_comp = model(x), compiled(x)
-    torch.testing.assert_close(y_comp, y_eager, rtol=1e-5, atol=1e-6)
-    g_eager = torch.autograd.grad(y_eager.square().sum(), list(model.parameters()))
-    g_comp = torch.autograd.grad(y_comp.square().sum(), list(model.parameters()))
-    for a, b in zip(g_comp, g_eager):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert_compiled_matches_eager(model, torch.randn(5, 6))
 
 
 # ---- CUDA (skipped without a GPU and a CUDA build) ------------------------------------------------

@@ -1,0 +1,210 @@
+"""Tiled GEMM with fused epilogues for wide MLP blocks (D or H > 128), and the wide block's
+forward and backward built from it (DESIGN §2; one GEMM launch per GEMM unit of the work count).
+
+One kernel, C[M, N] = A·B with arbitrary strides (so every transpose is free), in two shapes:
+- stacked: one accumulator over two (A, B) pairs, C = A1·B1 + A2·B2 (the W̄1 = [z̄; d]ᵀ[x; ḡ] GEMM);
+- dual:    two accumulators sharing the M×N tile and the K loop, C1 = A1·B1, C2 = A2·B2
+           (F = a W2ᵀ with g = d W1 in the forward; ā = ȳ W2 with d̄ = ḡ W1ᵀ in the backward).
+Epilogues (EPI):
+  0 PLAIN   C (+ vec[n] when HAS_VEC: W̄2 += 1 s̄ᵀ)
+  1 HIDDEN  z = C + b1;  a = φ(z);  d = φ'(z)·s          → z, a, d
+  2 FG      F = C1 + b2;  g = C2                          → F, g
+  3 ZBAR    z̄ = C1 φ'(z) [+ C2 s φ''(z)], d = φ'(z)·s     → z̄, d, per-M-tile column sums of z̄
+            (b̄1) and of C2 φ'(z) (s̄)
+  4 XBAR    x̄ = C + (1−m)·ȳ
+Operands go to tl.dot in the input dtype (bf16/fp16 tensor cores, fp32 as TF32 only when torch
+allows it) with float32 accumulation; epilogue math in the accumulation type.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .activations import CODES, act_d1, act_d2, act_fn
+from .common import INTERPRET, acc_dtype, dot_precision, tuned
+from . import rows
+
+PLAIN, HIDDEN, FG, ZBAR, XBAR = range(5)
+
+_CONFIGS = [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 4},
+                          num_warps=4, num_stages=1)] if INTERPRET else [
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8},
+                  num_warps=w, num_stages=st)
+    for bm, bn, bk, w, st in ((128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (64, 128, 64, 4, 4),
+                              (128, 64, 64, 4, 4), (64, 64, 32, 4, 4), (128, 128, 32, 8, 4))]
+
+
+@triton.jit
+def _tile_loop(acc, a_ptr, b_ptr, K, sam, sak, sbk, sbn, rm64, rn64, mmask, nmask,
+               PREC: tl.constexpr, BLOCK_K: tl.constexpr):
+    rk = tl.arange(0, BLOCK_K)
+    for k0 in range(0, K, BLOCK_K):
+        kk = (k0 + rk).to(tl.int64)
+        kmask = kk < K
+        a = tl.load(a_ptr + rm64[:, None] * sam + kk[None, :] * sak,
+                    mask=mmask[:, None] & kmask[None, :], other=0.0)
+        b = tl.load(b_ptr + kk[:, None] * sbk + rn64[None, :] * sbn,
+                    mask=kmask[:, None] & nmask[None, :], other=0.0)
+        acc += tl.dot(a, b, input_precision=PREC)
+    return acc
+
+
+# The per-M-tile column sums (col1, col2) are sized for the smallest BLOCK_M; a larger tile leaves
+# rows unwritten, so the autotuner zeroes them after timing the configs (which all write them).
+@tuned(_CONFIGS, key=["M", "N", "K1", "K2"], reset_to_zero=["col1_ptr", "col2_ptr"])
+@triton.jit
+def gemm_kernel(
+        a1_ptr, b1_ptr, a2_ptr, b2_ptr, c1_ptr, c2_ptr, c3_ptr,
+        vec_ptr, s_ptr, aux_ptr, alpha_ptr, col1_ptr, col2_ptr,
+        M, N, K1, K2,
+        sa1m, sa1k, sb1k, sb1n, sa2m, sa2k, sb2k, sb2n, scm, scn, sxm, sxn,
+        EPI: tl.constexpr, DUAL: tl.constexpr, HAS_PAIR2: tl.constexpr, HAS_VEC: tl.constexpr,
+        ACT: tl.constexpr, D2_ZERO: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        GROUP_M: tl.constexpr):
+    # Grouped tile order: GROUP_M row tiles share each B column panel while it is in L2.
+    pid = tl.program_id(0)
+    grid_m = tl.cdiv(M, BLOCK_M)
+    grid_n = tl.cdiv(N, BLOCK_N)
+    width = GROUP_M * grid_n
+    first_m = (pid // width) * GROUP_M
+    group = tl.minimum(grid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % group
+    pid_n = (pid % width) // group
+
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mmask, nmask = rm < M, rn < N
+    rm64, rn64 = rm.to(tl.int64), rn.to(tl.int64)
+    cmask = mmask[:, None] & nmask[None, :]
+    c_offs = rm64[:, None] * scm + rn64[None, :] * scn
+
+    acc1 = tl.zeros([BLOCK_M, BLOCK_N], dtype=ACC)
+    acc1 = _tile_loop(acc1, a1_ptr, b1_ptr, K1, sa1m, sa1k, sb1k, sb1n, rm64, rn64, mmask,
+                      nmask, PREC, BLOCK_K)
+    if DUAL:
+        acc2 = tl.zeros([BLOCK_M, BLOCK_N], dtype=ACC)
+        if HAS_PAIR2:
+            acc2 = _tile_loop(acc2, a2_ptr, b2_ptr, K2, sa2m, sa2k, sb2k, sb2n, rm64, rn64,
+                              mmask, nmask, PREC, BLOCK_K)
+    elif HAS_PAIR2:
+        acc1 = _tile_loop(acc1, a2_ptr, b2_ptr, K2, sa2m, sa2k, sb2k, sb2n, rm64, rn64, mmask,
+                          nmask, PREC, BLOCK_K)
+
+    out_ty = c1_ptr.dtype.element_ty
+    if EPI == 0:  # PLAIN
+        if HAS_VEC:
+            acc1 += tl.load(vec_ptr + rn, mask=nmask, other=0.0).to(ACC)[None, :]
+        tl.store(c1_ptr + c_offs, acc1.to(out_ty), mask=cmask)
+    elif EPI == 1:  # HIDDEN: c1 = z, c2 = a, c3 = d
+        if HAS_VEC:
+            acc1 += tl.load(vec_ptr + rn, mask=nmask, other=0.0).to(ACC)[None, :]
+        s = tl.load(s_ptr + rn, mask=nmask, other=0.0).to(ACC)
+        tl.store(c1_ptr + c_offs, acc1.to(out_ty), mask=cmask)
+        tl.store(c2_ptr + c_offs, act_fn(acc1, ACT).to(out_ty), mask=cmask)
+        tl.store(c3_ptr + c_offs, (act_d1(acc1, ACT) * s[None, :]).to(out_ty), mask=cmask)
+    elif EPI == 2:  # FG: c1 = F (+ b2), c2 = g
+        if HAS_VEC:
+            acc1 += tl.load(vec_ptr + rn, mask=nmask, other=0.0).to(ACC)[None, :]
+        tl.store(c1_ptr + c_offs, acc1.to(out_ty), mask=cmask)
+        tl.store(c2_ptr + c_offs, acc2.to(out_ty), mask=cmask)
+    elif EPI == 3:  # ZBAR: aux = z; c1 = z̄, c2 = d; col1 = Σ z̄, col2 = Σ d̄ φ'(z) per M tile
+        z = tl.load(aux_ptr + rm64[:, None] * sxm + rn64[None, :] * sxn, mask=cmask,
+                    other=0.0).to(ACC)
+        d1 = act_d1(z, ACT)
+        z_bar = acc1 * d1
+        if HAS_PAIR2:
+            s = tl.load(s_ptr + rn, mask=nmask, other=0.0).to(ACC)
+            if not D2_ZERO:
+                z_bar += acc2 * s[None, :] * act_d2(z, ACT)
+            tl.store(c2_ptr + c_offs, (d1 * s[None, :]).to(out_ty), mask=cmask)
+            s_part = tl.sum(tl.where(cmask, acc2 * d1, 0.0), axis=0)
+            tl.store(col2_ptr + pid_m * N + rn, s_part, mask=nmask)
+        z_bar = tl.where(cmask, z_bar, 0.0)
+        tl.store(c1_ptr + c_offs, z_bar.to(out_ty), mask=cmask)
+        tl.store(col1_ptr + pid_m * N + rn, tl.sum(z_bar, axis=0), mask=nmask)
+    else:  # XBAR: aux = ȳ
+        m = tl.sigmoid(tl.load(alpha_ptr).to(ACC))
+        yb = tl.load(aux_ptr + rm64[:, None] * sxm + rn64[None, :] * sxn, mask=cmask,
+                     other=0.0).to(ACC)
+        tl.store(c1_ptr + c_offs, (acc1 + (1.0 - m) * yb).to(out_ty), mask=cmask)
+
+
+def gemm(c1, pair1, pair2=None, *, epi=PLAIN, dual=False, c2=None, c3=None, vec=None, s=None,
+         aux=None, alpha=None, col1=None, col2=None, activation="relu"):
+    """Launch gemm_kernel. pair = (A, B) as 2-D views (A: M×K, B: K×N, any strides)."""
+    a1, b1 = pair1
+    m, k1 = a1.shape
+    n = b1.shape[1]
+    a2, b2 = pair2 if pair2 is not None else (a1, b1)
+    k2 = a2.shape[1] if pair2 is not None else 0
+    dummy = c1
+    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+    aux_t = aux if aux is not None else c1
+    gemm_kernel[grid](
+        a1, b1, a2, b2, c1, dummy if c2 is None else c2, dummy if c3 is None else c3,
+        dummy if vec is None else vec, dummy if s is None else s, aux_t,
+        dummy if alpha is None else alpha, dummy if col1 is None else col1,
+        dummy if col2 is None else col2,
+        m, n, k1, k2, *a1.stride(), *b1.stride(), *a2.stride(), *b2.stride(), *c1.stride(),
+        *aux_t.stride(),
+        EPI=epi, DUAL=dual, HAS_PAIR2=pair2 is not None, HAS_VEC=vec is not None,
+        ACT=CODES[activation], D2_ZERO=activation == "relu", ACC=acc_dtype(a1.dtype),
+        PREC=dot_precision(a1.dtype))
+
+
+def _col_tiles(m: int) -> int:
+    """Rows of the per-M-tile column-sum buffers: enough for the smallest BLOCK_M tried."""
+    return triton.cdiv(max(m, 1), min(c.kwargs["BLOCK_M"] for c in _CONFIGS))
+
+
+def mlp_fwd(x, w1, b1, w2, b2, alpha, activation: str, normalize: bool, eps: float):
+    """Wide MLP forward: (y, z, a, ĝ, r). Three launches + the row pass:
+    GEMM1 (z, a, d) → dual GEMM (F, g) → Σg² and mix."""
+    n, dim = x.shape
+    hidden = w1.shape[0]
+    z = x.new_empty((n, hidden))
+    a, d = torch.empty_like(z), torch.empty_like(z)
+    f, g = x.new_empty((n, dim)), x.new_empty((n, dim))
+    if n:
+        s = w2.sum(0, dtype=torch.float32 if w2.dtype != torch.float64 else torch.float64)
+        gemm(z, (x, w1.t()), epi=HIDDEN, c2=a, c3=d, vec=b1, s=s, activation=activation)
+        gemm(f, (a, w2.t()), (d, w1), epi=FG, dual=True, c2=g, vec=b2)
+    y, g_hat, r = rows.norm_mix(f, x.contiguous(), g, alpha, normalize, eps)
+    return y, z, a, g_hat, r
+
+
+def mlp_bwd(y_bar, x, w1, b1, w2, alpha, z, a, g_hat, r, activation: str, normalize: bool,
+            detach: bool):
+    """(x̄, W̄1, b̄1, W̄2, b̄2, ᾱ): row pass (ᾱ, ḡ) → dual GEMM ā, d̄ with the z̄ epilogue →
+    x̄ GEMM (+ (1−m)ȳ) → stacked W̄1 GEMM → W̄2 GEMM (+ 1 s̄ᵀ)."""
+    n, dim = x.shape
+    hidden = w1.shape[0]
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    y_bar = y_bar.contiguous()
+    alpha_sum, g_bar = rows.bwd_rows(y_bar, g_hat, x.contiguous(), r, alpha, normalize, detach)
+    z_bar = torch.empty_like(z)
+    d = None if detach else torch.empty_like(z)
+    tiles = _col_tiles(n)
+    col1 = x.new_zeros((tiles, hidden), dtype=acc)
+    col2 = None if detach else x.new_zeros((tiles, hidden), dtype=acc)
+    x_bar = torch.empty_like(y_bar)
+    w1_bar = w1.new_empty(w1.shape)
+    w2_bar = w2.new_empty(w2.shape)
+    s = w2.sum(0, dtype=acc)
+    s_bar = None
+    if n:
+        gemm(z_bar, (y_bar, w2), None if detach else (g_bar, w1.t()), epi=ZBAR, dual=True,
+             c2=d, s=s, aux=z, col1=col1, col2=col2, activation=activation)
+        gemm(x_bar, (z_bar, w1), epi=XBAR, aux=y_bar, alpha=alpha)
+        gemm(w1_bar, (z_bar.t(), x), None if detach else (d.t(), g_bar))
+        s_bar = None if detach else col2.sum(0)
+        gemm(w2_bar, (y_bar.t(), a), epi=PLAIN, vec=s_bar)
+    else:
+        w1_bar.zero_()
+        w2_bar.zero_()
+    m = torch.sigmoid(alpha.detach().double().reshape(()))
+    alpha_bar = (m * (1 - m) * alpha_sum).reshape(alpha.shape).to(alpha.dtype)
+    return (x_bar, w1_bar, col1.sum(0).to(w1.dtype), w2_bar,
+            y_bar.sum(0, dtype=acc).to(w2.dtype), alpha_bar)
