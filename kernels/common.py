@@ -20,12 +20,15 @@ def acc_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def dot_precision(dtype: torch.dtype) -> str:
-    """tl.dot input precision for float32 operands: TF32 only when the user allows it through
-    torch's matmul precision setting; IEEE otherwise (and for every other dtype)."""
-    if dtype == torch.float32 and not INTERPRET and torch.backends.cuda.matmul.allow_tf32:
-        return "tf32"
-    return "ieee"
+def dot_precision(dtype: torch.dtype):
+    """tl.dot input precision. float32 operands: TF32 only when the user allows it through torch's
+    matmul precision setting (torch.backends.cuda.matmul.allow_tf32 /
+    set_float32_matmul_precision), IEEE otherwise; float64 (interpreter): IEEE; float16/bfloat16:
+    None (Triton's default; the setting only concerns float32 operands)."""
+    if dtype == torch.float32:
+        tf32 = not INTERPRET and torch.backends.cuda.matmul.allow_tf32
+        return "tf32" if tf32 else "ieee"
+    return "ieee" if dtype == torch.float64 else None
 
 
 def pow2(n: int, floor: int = 16) -> int:

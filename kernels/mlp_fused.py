@@ -36,9 +36,10 @@ def _load_weights(w1_ptr, w2_ptr, b1_ptr, D, H, sw1h, sw1d, sw2d, sw2h,
     """W1 (BH, BD) and W2 (BD, BH) tiles in the input dtype (zero-padded), s = W2ᵀ1 and b1."""
     dd = tl.arange(0, BLOCK_D)
     hh = tl.arange(0, BLOCK_H)
-    wmask = (hh[:, None] < H) & (dd[None, :] < D)
-    w1 = tl.load(w1_ptr + hh[:, None] * sw1h + dd[None, :] * sw1d, mask=wmask, other=0.0)
-    w2 = tl.load(w2_ptr + dd[:, None] * sw2d + hh[None, :] * sw2h, mask=tl.trans(wmask), other=0.0)
+    w1 = tl.load(w1_ptr + hh[:, None] * sw1h + dd[None, :] * sw1d,
+                 mask=(hh[:, None] < H) & (dd[None, :] < D), other=0.0)
+    w2 = tl.load(w2_ptr + dd[:, None] * sw2d + hh[None, :] * sw2h,
+                 mask=(dd[:, None] < D) & (hh[None, :] < H), other=0.0)
     s = tl.sum(w2.to(ACC), axis=0)
     if HAS_B1:
         b1 = tl.load(b1_ptr + hh, mask=hh < H, other=0.0).to(ACC)
@@ -169,10 +170,10 @@ def mlp_fused_bwd_kernel(
         tl.store(xbar_ptr + rows64[:, None] * son + dd[None, :] * sod,
                  x_bar.to(xbar_ptr.dtype.element_ty), mask=xmask)
 
-    wmask = (hh[:, None] < H) & (dd[None, :] < D)
-    tl.store(w1p_ptr + pid * H * D + hh[:, None] * D + dd[None, :], acc_w1, mask=wmask)
+    tl.store(w1p_ptr + pid * H * D + hh[:, None] * D + dd[None, :], acc_w1,
+             mask=(hh[:, None] < H) & (dd[None, :] < D))
     tl.store(w2p_ptr + pid * D * H + dd[:, None] * H + hh[None, :], acc_w2,
-             mask=tl.trans(wmask))
+             mask=(dd[:, None] < D) & (hh[None, :] < H))
     vec = vecp_ptr + pid * (2 * H + D)
     tl.store(vec + hh, acc_b1, mask=hh < H)
     tl.store(vec + H + dd, acc_b2, mask=dd < D)
