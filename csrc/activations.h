@@ -28,9 +28,10 @@ struct ActOps;
 template <>
 struct ActOps<Act::Relu> {
   static constexpr bool kD2IsZero = true;
-  // z < 0 ? 0 : z keeps NaN (like torch.relu); φ' = 1 only where z > 0 (like its backward).
+  // z < 0 ? 0 : z keeps NaN (like torch.relu); φ' = 0 only where z ≤ 0, so φ'(NaN) = 1 — the
+  // convention of torch's relu backward (threshold_backward), which the reference uses.
   template <typename T> static GRADRES_HD T f(T z) { return z < T(0) ? T(0) : z; }
-  template <typename T> static GRADRES_HD T d1(T z) { return z > T(0) ? T(1) : T(0); }
+  template <typename T> static GRADRES_HD T d1(T z) { return z <= T(0) ? T(0) : T(1); }
   template <typename T> static GRADRES_HD T d2(T) { return T(0); }
 };
 

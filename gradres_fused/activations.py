@@ -43,9 +43,10 @@ class Activation:
 
 
 # --- relu -----------------------------------------------------------------------------------------
-# φ' is the step (z > 0); φ'' and φ''' are zero almost everywhere.
+# φ' is the step: 0 where z ≤ 0, else 1 — so φ'(NaN) = 1, torch's relu-backward convention (the
+# reference differentiates torch.relu); φ'' and φ''' are zero almost everywhere.
 def _relu_d1(z: Tensor) -> Tensor:
-    return (z > 0).to(z.dtype)
+    return (~(z <= 0)).to(z.dtype)
 
 
 def _zeros(z: Tensor) -> Tensor:

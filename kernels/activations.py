@@ -82,7 +82,7 @@ def _gelu_tanh_u1(z):  # u' = c(1 + 3k z²)
 def act_fn(z, ACT: tl.constexpr):
     """φ(z)."""
     if ACT == 0:
-        out = tl.maximum(z, 0.0)
+        out = tl.where(z < 0, 0.0, z)  # keeps NaN, like torch.relu (tl.maximum may drop it)
     elif ACT == 1:
         out = z * _normal_cdf(z)
     elif ACT == 2:
@@ -100,7 +100,7 @@ def act_fn(z, ACT: tl.constexpr):
 def act_d1(z, ACT: tl.constexpr):
     """φ'(z)."""
     if ACT == 0:
-        out = tl.where(z > 0, 1.0, 0.0).to(z.dtype)
+        out = tl.where(z <= 0, 0.0, 1.0).to(z.dtype)  # φ'(NaN) = 1, as torch's relu backward
     elif ACT == 1:
         out = _normal_cdf(z) + z * _normal_pdf(z)
     elif ACT == 2:

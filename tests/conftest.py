@@ -129,3 +129,8 @@ def assert_compiled_matches_eager(model, x, steps=1, compile_backend="inductor",
             for p, q, g, h in zip(eager.parameters(), twin.parameters(), g_eager, g_comp):
                 p -= 0.1 * g
                 q -= 0.1 * h
+
+
+def pytest_addoption(parser):
+    parser.addoption("--long", action="store_true",
+                     help="long fuzz profile: 500 hypothesis examples per backend (default 30)")
