@@ -200,8 +200,8 @@ def train_eval(arch, variant, seed, steps, batch, size, train_imgs, test_imgs, q
 def main(argv=None):
     args = parser(__doc__.split("\n")[0]).parse_args(argv)
     quick = args.quick
-    seeds = args.seeds or (1 if quick else 2)
-    steps = args.steps or (10 if quick else 1000)
+    seeds = args.seeds or (1 if quick else 3)
+    steps = args.steps or (10 if quick else 2000)
     batch, size = (4, 32) if quick else (16, 48)
     train_imgs = [load(n) for n in TRAIN]
     test_imgs = [load(n) for n in TEST]
