@@ -75,10 +75,6 @@ def auto_ok(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
-def _acc(t: torch.Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
 def _empty(x):
     """Placeholder for an intermediate the fused path does not keep. One element, not zero:
     zero-size tensors share a null data pointer and would read as aliased outputs."""
@@ -91,13 +87,13 @@ def _mlp_saved(x, w1, normalize):
     if mlp_path(dim, hidden) == "fused":  # recomputed by the backward: placeholders only
         return _empty(x), _empty(x), _empty(x), _empty(x)
     return (x.new_empty((n, hidden)), x.new_empty((n, hidden)), x.new_empty((n, dim)),
-            x.new_empty((n if normalize else 0,), dtype=_acc(x)))
+            x.new_empty((n if normalize else 0,), dtype=common.acc_torch_dtype(x.dtype)))
 
 
 def _conv_saved(x, w1, normalize):
     hidden = (x.shape[0], w1.shape[0], *x.shape[2:])
     return (x.new_empty(hidden), x.new_empty(hidden), x.new_empty(x.shape),
-            x.new_empty((x.shape[0] if normalize else 0,), dtype=_acc(x)))
+            x.new_empty((x.shape[0] if normalize else 0,), dtype=common.acc_torch_dtype(x.dtype)))
 
 
 def _mlp_fwd(x, w1, b1, w2, b2, alpha, activation, normalize, eps, detach):

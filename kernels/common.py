@@ -15,9 +15,20 @@ _TL_DTYPE = {torch.float32: tl.float32, torch.float64: tl.float64,
              torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 
-def acc_dtype(dtype: torch.dtype):
+def acc_torch_dtype(dtype: torch.dtype) -> torch.dtype:
     """Accumulation type: float64 stays float64 (interpreter only); everything else float32."""
-    return tl.float64 if dtype == torch.float64 else tl.float32
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def acc_dtype(dtype: torch.dtype):
+    """acc_torch_dtype as a Triton type, for the kernels' ACC parameter."""
+    return _TL_DTYPE[acc_torch_dtype(dtype)]
+
+
+def alpha_grad(alpha: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """ᾱ = m(1−m)·Σ ȳ(ĝ − x) from the float64 total, in alpha's shape and dtype."""
+    m = torch.sigmoid(alpha.detach().double().reshape(()))
+    return (m * (1 - m) * total).reshape(alpha.shape).to(alpha.dtype)
 
 
 def dot_precision(dtype: torch.dtype):

@@ -18,7 +18,7 @@ from torch.nn.grad import conv2d_input, conv2d_weight
 
 from . import rows
 from .activations import CODES, act_d1, act_d2, act_fn
-from .common import acc_dtype
+from .common import acc_dtype, acc_torch_dtype, alpha_grad
 
 BLOCK = 1024
 
@@ -117,14 +117,10 @@ def _pad(w):
     return (w.shape[2] // 2, w.shape[3] // 2)
 
 
-def _acc(t):
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
 def smap(w2, h: int, w: int):
     """S (Cm, H, W) in the accumulation dtype."""
     cm, kh, kw = w2.shape[1:]
-    w2s = w2.sum(0, dtype=_acc(w2)).contiguous()
+    w2s = w2.sum(0, dtype=acc_torch_dtype(w2.dtype)).contiguous()
     s = w2s.new_empty((cm, h, w))
     smap_kernel[(triton.cdiv(s.numel(), BLOCK),)](w2s, s, cm, h, w, kh, kw,
                                                  ACC=acc_dtype(w2.dtype), BLOCK=BLOCK)
@@ -184,8 +180,6 @@ def conv_bwd(y_bar, x, w1, b1, w2, alpha, z, a, g_hat, r, activation: str, norma
     if x_bar.numel():
         skip_grad_kernel[(triton.cdiv(x_bar.numel(), BLOCK),)](
             x_bar, y_bar, alpha, x_bar.numel(), ACC=acc_dtype(x.dtype), BLOCK=BLOCK)
-    acc = _acc(x)
-    m = torch.sigmoid(alpha.detach().double().reshape(()))
-    alpha_bar = (m * (1 - m) * alpha_sum).reshape(alpha.shape).to(alpha.dtype)
+    acc = acc_torch_dtype(x.dtype)
     return (x_bar, w1_bar, z_bar.sum((0, 2, 3), dtype=acc).to(w1.dtype), w2_bar,
-            y_bar.sum((0, 2, 3), dtype=acc).to(w2.dtype), alpha_bar)
+            y_bar.sum((0, 2, 3), dtype=acc).to(w2.dtype), alpha_grad(alpha, alpha_sum))

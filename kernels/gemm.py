@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from .activations import CODES, act_d1, act_d2, act_fn
-from .common import INTERPRET, acc_dtype, dot_precision, tuned
+from .common import INTERPRET, acc_dtype, acc_torch_dtype, alpha_grad, dot_precision, tuned
 from . import rows
 
 PLAIN, HIDDEN, FG, ZBAR, XBAR = range(5)
@@ -168,7 +168,7 @@ def mlp_fwd(x, w1, b1, w2, b2, alpha, activation: str, normalize: bool, eps: flo
     a, d = torch.empty_like(z), torch.empty_like(z)
     f, g = x.new_empty((n, dim)), x.new_empty((n, dim))
     if n:
-        s = w2.sum(0, dtype=torch.float32 if w2.dtype != torch.float64 else torch.float64)
+        s = w2.sum(0, dtype=acc_torch_dtype(w2.dtype))
         gemm(z, (x, w1.t()), epi=HIDDEN, c2=a, c3=d, vec=b1, s=s, activation=activation)
         gemm(f, (a, w2.t()), (d, w1), epi=FG, dual=True, c2=g, vec=b2)
     y, g_hat, r = rows.norm_mix(f, x.contiguous(), g, alpha, normalize, eps)
@@ -181,7 +181,7 @@ def mlp_bwd(y_bar, x, w1, b1, w2, alpha, z, a, g_hat, r, activation: str, normal
     x̄ GEMM (+ (1−m)ȳ) → stacked W̄1 GEMM → W̄2 GEMM (+ 1 s̄ᵀ)."""
     n, dim = x.shape
     hidden = w1.shape[0]
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = acc_torch_dtype(x.dtype)
     y_bar = y_bar.contiguous()
     alpha_sum, g_bar = rows.bwd_rows(y_bar, g_hat, x.contiguous(), r, alpha, normalize, detach)
     z_bar = torch.empty_like(z)
@@ -204,7 +204,5 @@ def mlp_bwd(y_bar, x, w1, b1, w2, alpha, z, a, g_hat, r, activation: str, normal
     else:
         w1_bar.zero_()
         w2_bar.zero_()
-    m = torch.sigmoid(alpha.detach().double().reshape(()))
-    alpha_bar = (m * (1 - m) * alpha_sum).reshape(alpha.shape).to(alpha.dtype)
     return (x_bar, w1_bar, col1.sum(0).to(w1.dtype), w2_bar,
-            y_bar.sum(0, dtype=acc).to(w2.dtype), alpha_bar)
+            y_bar.sum(0, dtype=acc).to(w2.dtype), alpha_grad(alpha, alpha_sum))

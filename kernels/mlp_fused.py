@@ -16,7 +16,8 @@ import triton
 import triton.language as tl
 
 from .activations import CODES, act_d1, act_d2, act_fn
-from .common import acc_dtype, dot_precision, num_programs, pow2, tuned
+from .common import (acc_dtype, acc_torch_dtype, alpha_grad, dot_precision, num_programs,
+                     pow2, tuned)
 
 MAX_WIDTH = 128  # D and H up to this run fully fused; wider blocks take the tiled GEMM path
 
@@ -206,7 +207,7 @@ def mlp_bwd(y_bar, x, w1, b1, w2, alpha, activation: str, normalize: bool, eps: 
     """(x̄, W̄1, b̄1, W̄2, b̄2, ᾱ) of DESIGN §2 from ȳ and the forward's inputs."""
     n, dim = x.shape
     hidden = w1.shape[0]
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = acc_torch_dtype(x.dtype)
     x_bar = torch.empty_like(x, memory_format=torch.contiguous_format)
     progs = num_programs(x.device, triton.cdiv(max(n, 1), 16))
     w1p = x.new_empty((progs, hidden, dim), dtype=acc)
@@ -227,8 +228,7 @@ def mlp_bwd(y_bar, x, w1, b1, w2, alpha, activation: str, normalize: bool, eps: 
     w2_bar = w2p.sum(0)
     if not detach:
         w2_bar += s_bar  # smap adjoint: every row of W2 gets s̄
-    m = torch.sigmoid(alpha.detach().double().reshape(()))
-    alpha_bar = (m * (1 - m) * alphap.sum()).reshape(alpha.shape).to(alpha.dtype)
+    alpha_bar = alpha_grad(alpha, alphap.sum())
     # b̄1 and b̄2 are slices of one buffer: copy, so the op's outputs never alias.
     return (x_bar, w1p.sum(0).to(w1.dtype), b1_bar.to(w1.dtype, copy=True), w2_bar.to(w2.dtype),
             b2_bar.to(w2.dtype, copy=True), alpha_bar)

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import acc_dtype
+from .common import acc_dtype, acc_torch_dtype
 
 BLOCK = 1024
 
@@ -88,7 +88,7 @@ def norm_mix(f, x, g, alpha, normalize: bool, eps: float):
     n, length, chunks = _grid(g)
     acc = acc_dtype(g.dtype)
     y, g_hat = torch.empty_like(x), torch.empty_like(g)
-    r = g.new_empty((0,), dtype=torch.float64 if g.dtype == torch.float64 else torch.float32)
+    r = g.new_empty((0,), dtype=acc_torch_dtype(g.dtype))
     if n == 0:
         return y, g_hat, r
     if normalize:

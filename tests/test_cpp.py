@@ -9,7 +9,7 @@ import torch
 import gradres_fused as gf
 from gradres_fused import cpp
 from conftest import (ACTIVATIONS, assert_compiled_matches_eager, assert_parity, conv_inputs,
-                      mlp_inputs, outputs_and_grads)
+                      leaves, mlp_inputs, outputs_and_grads)
 
 pytestmark = pytest.mark.skipif(cpp.IMPORT_ERROR is not None,
                                 reason=f"cpp backend not built: {cpp.IMPORT_ERROR}")
@@ -122,10 +122,6 @@ cuda_only = pytest.mark.skipif(not (torch.cuda.is_available() and cpp.built_with
                                reason="needs a CUDA device and gradres_fused._C built with CUDA")
 
 
-def _to(inputs, device, dtype):
-    return [None if t is None else t.detach().to(device, dtype).requires_grad_() for t in inputs]
-
-
 @cuda_only
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16],
@@ -143,10 +139,10 @@ def test_cuda_parity(family, activation, detach, dtype):
     fn = functools.partial(op, activation=activation, detach=detach)
     proj = torch.randn(base[0].shape, dtype=torch.float64)
     want, _ = outputs_and_grads(functools.partial(fn, backend="reference"), base, proj)
-    got, n = outputs_and_grads(functools.partial(fn, backend="cpp"), _to(base, "cuda", dtype),
+    got, n = outputs_and_grads(functools.partial(fn, backend="cpp"), leaves(base, "cuda", dtype),
                                proj.to("cuda", dtype))
     baseline, _ = outputs_and_grads(functools.partial(fn, backend="reference"),
-                                    _to(base, "cuda", dtype), proj.to("cuda", dtype))
+                                    leaves(base, "cuda", dtype), proj.to("cuda", dtype))
     got = [g.cpu() for g in got]
     baseline = [g.cpu() for g in baseline]
     assert_parity(got, want, dtype, baseline if dtype != torch.float64 else None, n)

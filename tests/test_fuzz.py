@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import gradres_fused as gf
 from gradres_fused import triton_backend
-from conftest import ACTIVATIONS, SEED, assert_parity, outputs_and_grads
+from conftest import ACTIVATIONS, SEED, assert_parity, leaves, outputs_and_grads
 
 BACKENDS = [b for b in gf.available_backends("cpu") if b != "reference"]
 SIZES = st.sampled_from([1, 2, 3, 5, 7, 11, 13, 17])
@@ -71,8 +71,8 @@ def _inputs(case):
 
 def _ill_posed_in_float32(case) -> bool:
     """A sample or hidden layer one element wide, normalized, second order: ĝ is ±(a fixed
-    direction) and float32 leaves only noise where the exact terms are ~0 (test_parity has the
-    same rule); checked in float64 instead."""
+    direction) and float32 leaves only noise where the exact terms are ~0 (conftest's
+    one_wide_normalized, extended to conv samples); checked in float64 instead."""
     o, s = case["options"], case["shape"]
     one_wide = (min(s["dim"], s["hidden"]) == 1 if case["family"] == "mlp"
                 else s["cm"] == 1 or s["c"] * s["h"] * s["w"] == 1)
@@ -84,15 +84,14 @@ def _check(backend, case):
         else torch.float32
     base = _inputs(case)
     op = gf.gradres_mlp if case["family"] == "mlp" else gf.gradres_conv2d
-    leaves = lambda dt: [None if t is None else t.to(dt).requires_grad_() for t in base]  # noqa
     proj = torch.randn(base[0].shape, dtype=torch.float64)
     ref = functools.partial(op, backend="reference", **case["options"])
-    want, _ = outputs_and_grads(ref, leaves(torch.float64), proj)
+    want, _ = outputs_and_grads(ref, leaves(base, dtype=torch.float64), proj)
     got, _ = outputs_and_grads(functools.partial(op, backend=backend, **case["options"]),
-                               leaves(dtype), proj.to(dtype))
+                               leaves(base, dtype=dtype), proj.to(dtype))
     baseline = None
     if dtype != torch.float64:
-        baseline, _ = outputs_and_grads(ref, leaves(dtype), proj.to(dtype))
+        baseline, _ = outputs_and_grads(ref, leaves(base, dtype=dtype), proj.to(dtype))
     assert_parity(got, want, dtype, baseline)
 
 

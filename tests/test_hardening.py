@@ -10,14 +10,14 @@ import torch
 
 import gradres_fused as gf
 from gradres_fused import triton_backend
-from conftest import assert_compiled_matches_eager, conv_inputs, mlp_inputs
+from conftest import (assert_compiled_matches_eager, conv_inputs, leaves, mlp_inputs,
+                      outputs_and_grads)
 
 CPU_BACKENDS = [b for b in gf.available_backends("cpu") if b != "reference"]
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 # (device, backend) pairs; the Triton interpreter is left out of the long-running checks below.
-PAIRS = [("cpu", b) for b in CPU_BACKENDS] + [
-    ("cuda", b) for b in gf.available_backends("cuda") if b != "reference"
-] if torch.cuda.is_available() else [("cpu", b) for b in CPU_BACKENDS]
+PAIRS = [(device, b) for device in DEVICES for b in gf.available_backends(device)
+         if b != "reference"]
 MODES = [pytest.param(True, id="detach"), pytest.param(False, id="second_order")]
 
 
@@ -102,12 +102,11 @@ def test_autocast(family, device, dtype, detach):
 
 # ---- non-finite input ---------------------------------------------------------------------------
 def _first_order(op, inputs, backend, **options):
-    inputs = [None if t is None else t.detach().requires_grad_() for t in inputs]
-    y = op(*inputs, backend=backend, **options)
-    wrt = [t for t in inputs if t is not None]
-    grads = torch.autograd.grad((y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum(),
-                                wrt)
-    return [y.detach(), *grads]
+    """y and the gradients of Σ y·proj for a fixed proj (on the inputs' device)."""
+    x = inputs[0]
+    proj = torch.linspace(-1, 1, x.numel(), dtype=x.dtype, device=x.device).reshape(x.shape)
+    return outputs_and_grads(functools.partial(op, backend=backend, **options), leaves(inputs),
+                             proj)[0]
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import gradres_fused as gf
-from conftest import ACTIVATIONS, assert_parity, conv_inputs, mlp_inputs, outputs_and_grads
+from conftest import (ACTIVATIONS, assert_parity, compare_with_reference as _compare,
+                      conv_inputs, leaves, mlp_inputs, outputs_and_grads)
 
 BACKENDS = [b for b in gf.available_backends("cpu") if b != "reference"]
 
@@ -24,37 +25,6 @@ def _mlp_case(shape, dtype, bias=True):
         x, *rest = mlp_inputs(6, 5, 7, dtype, bias)
         return (x.detach().reshape(2, 3, 5).requires_grad_(), *rest)
     return mlp_inputs(*shape, dtype=dtype, bias=bias)
-
-
-def _upcast(inputs, dtype):
-    return [None if t is None else t.detach().to(dtype).requires_grad_() for t in inputs]
-
-
-def _one_wide_normalized(op, inputs, options) -> bool:
-    """An MLP whose rows or hidden layer are 1 wide, normalized, in second-order mode: ĝ is then
-    ±(a fixed direction), its derivative is ~eps²/|g|³, and float32 leaves only rounding noise
-    where the exact second-order terms are ~0 — an ill-posed low-precision comparison."""
-    if op is not gf.gradres_mlp or not options.get("normalize", True) or options.get("detach"):
-        return False
-    dim, hidden = inputs[0].shape[-1], inputs[1].shape[0]
-    return dim == 1 or hidden == 1
-
-
-def _compare(op, backend, inputs, dtype, **options):
-    """Backend in `dtype` against the reference in float64 on the same values (and, for the
-    conditioning allowance of assert_parity, the reference in `dtype`), double backward included.
-    The one-wide normalized second-order MLP is compared in float64 whatever `dtype` says."""
-    if dtype != torch.float64 and _one_wide_normalized(op, inputs, options):
-        inputs, dtype = _upcast(inputs, torch.float64), torch.float64
-    fn = functools.partial(op, backend=backend, **options)
-    ref = functools.partial(op, backend="reference", **options)
-    proj = torch.randn(inputs[0].shape, dtype=torch.float64)
-    want, _ = outputs_and_grads(ref, _upcast(inputs, torch.float64), proj, True)
-    got, first_order = outputs_and_grads(fn, inputs, proj.to(dtype), True)
-    baseline = None
-    if dtype != torch.float64:
-        baseline, _ = outputs_and_grads(ref, inputs, proj.to(dtype), True)
-    assert_parity(got, want, dtype, baseline, first_order)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
@@ -102,12 +72,12 @@ def test_eps_and_alpha_extremes(backend, eps):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_low_precision_accumulates_in_float32(backend, dtype):
     """Half inputs give half outputs within 3e-3 of the float32 reference on the same values."""
-    inputs = _upcast(mlp_inputs(9, 6, 10), dtype)
+    inputs = leaves(mlp_inputs(9, 6, 10), dtype=dtype)
     proj = torch.randn(inputs[0].shape)
     fn = functools.partial(gf.gradres_mlp, detach=False, activation="silu")
     got, _ = outputs_and_grads(functools.partial(fn, backend=backend), inputs, proj.to(dtype))
     want, _ = outputs_and_grads(functools.partial(fn, backend="reference"),
-                                _upcast(inputs, torch.float32), proj)
+                                leaves(inputs, dtype=torch.float32), proj)
     baseline, _ = outputs_and_grads(functools.partial(fn, backend="reference"), inputs,
                                     proj.to(dtype))
     assert got[0].dtype == dtype and all(g.dtype == dtype for g in got[1:])
