@@ -1,5 +1,5 @@
-"""Build entry: installs gradres_fused (with kernels/ as gradres_fused.kernels) and, once csrc/
-holds sources, builds the gradres_fused._C extension from them.
+"""Build entry: installs the gradres_fused package (with its Triton subpackage gradres_fused.kernels)
+and builds the gradres_fused._C extension from csrc/.
 
 Build with `pip install --no-build-isolation -e .` so the installed torch is the one compiled against.
 """
@@ -25,8 +25,6 @@ def extension_modules():
     """gradres_fused._C from csrc/: a CppExtension, or a CUDAExtension (adding csrc/cuda/) when
     CUDA is usable. A CPU-only build never needs nvcc."""
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
-    if not sources:
-        return [], {}
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
     # -fno-math-errno lets `#pragma omp simd` loops call vector exp/erf/tanh (glibc libmvec);
@@ -59,7 +57,6 @@ ext_modules, cmdclass = extension_modules()
 
 setup(
     packages=["gradres_fused", "gradres_fused.kernels"],
-    package_dir={"gradres_fused": "gradres_fused", "gradres_fused.kernels": "kernels"},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -1,12 +1,12 @@
 """`python -m bench`: parity against `reference` and timings of every backend, side by side.
 
 For each workload × dtype × activation × mode it runs, in one process on the same inputs and
-weights: `plain` (F(x)+x, the baseline), every backend of DESIGN §3 eagerly, and `reference` and
+weights: `plain` (F(x)+x, the baseline), every backend of docs/DESIGN.md §3 eagerly, and `reference` and
 `composite` under torch.compile(fullgraph=True). A backend that cannot run here still gets a row,
 with a status saying why. Per row: forward and training-step (forward + backward) time as median
 and 20/80% quantiles, ratio over `plain` and over eager `reference`, the largest relative error of
 y and every gradient against eager `reference`, memory kept for backward (any device) and peak
-memory (GPU), and on GPU the % of roofline from DESIGN §2's GEMM count and the compulsory bytes
+memory (GPU), and on GPU the % of roofline from docs/DESIGN.md §2's GEMM count and the compulsory bytes
 against a matmul and a copy measured in the same run. Peers are timed round-robin so drift hits
 all alike.
 

@@ -29,7 +29,7 @@ class Case:
 
 
 def step_units(peer: str, detach: bool) -> float:
-    """GEMM (or conv) units of one training step, DESIGN §2: plain 6, detach 7, second order 9."""
+    """GEMM (or conv) units of one training step, docs/DESIGN.md §2: plain 6, detach 7, second order 9."""
     return 6.0 if peer == "plain" else (7.0 if detach else 9.0)
 
 

@@ -1,4 +1,4 @@
-// The fused elementwise / reduction stages of the gradient residual block (DESIGN §1–§2), on 2-D
+// The fused elementwise / reduction stages of the gradient residual block (docs/DESIGN.md §1–§2), on 2-D
 // contiguous views: "rows" are samples (MLP rows, or conv samples flattened), P = hidden width
 // (H, or Cm·H·W for conv), Q = block width (D, or C·H·W). Everything between the GEMMs/convs runs
 // here in one pass per stage. Each entry point dispatches on the device: CPU implementations in

@@ -189,7 +189,7 @@ struct Conv {
   }
 };
 
-// Forward of DESIGN §1. Returns y and what the backward needs: z, a = φ(z) (kept rather than
+// Forward of docs/DESIGN.md §1. Returns y and what the backward needs: z, a = φ(z) (kept rather than
 // recomputed: the W̄2 GEMM reads it, and plain autograd keeps it too), ĝ, r.
 template <typename Fam>
 Tensor5 block_fwd(const Tensor& x_, const Tensor& w1_, const c10::optional<Tensor>& b1,
@@ -212,7 +212,7 @@ Tensor5 block_fwd(const Tensor& x_, const Tensor& w1_, const c10::optional<Tenso
   return {y, z, a, g, r};
 }
 
-// Backward of DESIGN §2. Returns (x̄, W̄1, b̄1, W̄2, b̄2, ᾱ); b̄1, b̄2 always computed.
+// Backward of docs/DESIGN.md §2. Returns (x̄, W̄1, b̄1, W̄2, b̄2, ᾱ); b̄1, b̄2 always computed.
 template <typename Fam>
 Tensor6 block_bwd(const Tensor& y_bar_, const Tensor& x_, const Tensor& w1_,
                   const c10::optional<Tensor>& /*b1: for autograd only*/, const Tensor& w2_,

@@ -2,7 +2,7 @@
 
     y = F(x) + (1 − m)·x + m·ĝ,  ĝ = per-sample normalized ∇_x ΣF(x),  m = sigmoid(alpha)
 
-See DESIGN.md (shared) for the math and the contract every backend implements.
+See docs/DESIGN.md for the math and the contract every backend implements.
 """
 from .activations import ACTIVATIONS, get_activation
 from .backends import available_backends

@@ -1,4 +1,4 @@
-"""Backend registry and selection (DESIGN §3).
+"""Backend registry and selection (docs/DESIGN.md §3).
 
 A backend is a thin implementation of one contract: `mlp(x2d, w1, b1, w2, b2, alpha, **options)`
 and `conv2d(x, ...)` on already validated arguments, plus `unavailable(device, dtype)` returning the
@@ -40,7 +40,7 @@ class Backend:
 
 
 _REGISTRY: Dict[str, Backend] = {}
-# Every backend of DESIGN §3; the compiled ones register themselves when their build is present.
+# Every backend of docs/DESIGN.md §3; the compiled ones register themselves when their build is present.
 KNOWN = ("reference", "composite", "cpp", "triton")
 # Fastest first; `reference` is never picked by auto (it is the slow ground truth).
 AUTO_ORDER = ("triton", "cpp", "composite")

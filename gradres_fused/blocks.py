@@ -1,6 +1,6 @@
-"""The two fused block families as sets of linear maps (DESIGN §1).
+"""The two fused block families as sets of linear maps (docs/DESIGN.md §1).
 
-A block is z = L1(x) + b1, a = φ(z), F = L2(a) + b2. The formulas of DESIGN §1–§2 need only these
+A block is z = L1(x) + b1, a = φ(z), F = L2(a) + b2. The formulas of docs/DESIGN.md §1–§2 need only these
 maps, their adjoints, their weight gradients and the s-map S = ∂ΣF/∂a, so `composite` writes the
 formulas once over a family and every backend takes S from here. Everything is differentiable
 torch code.

@@ -1,4 +1,4 @@
-"""The `composite` backend: DESIGN §1–§2 in plain torch ops, differentiable to any order.
+"""The `composite` backend: docs/DESIGN.md §1–§2 in plain torch ops, differentiable to any order.
 
 `forward_parts` and `backward_formulas` are the closed forms, written once over a block family
 (`blocks.MLPFamily`, `blocks.Conv2dFamily`). `CompositeGradRes` wires them into an autograd.Function
@@ -47,7 +47,7 @@ def mix(f: Tensor, x: Tensor, g_hat: Tensor, alpha: Tensor) -> Tensor:
 
 def backward_formulas(fam, act: Activation, y_bar: Tensor, x, w1, w2, alpha, parts: Parts,
                       detach: bool, needs=(True,) * 6) -> Tuple[Optional[Tensor], ...]:
-    """(x̄, W̄1, b̄1, W̄2, b̄2, ᾱ) of DESIGN §2; entries not in `needs` come back as None."""
+    """(x̄, W̄1, b̄1, W̄2, b̄2, ᾱ) of docs/DESIGN.md §2; entries not in `needs` come back as None."""
     z, s, d, g_hat, r = parts
     m = torch.sigmoid(alpha.reshape(()))
     alpha_bar = None

@@ -1,4 +1,4 @@
-"""nn.Module front ends (DESIGN §4).
+"""nn.Module front ends (docs/DESIGN.md §4).
 
 State-dict keys do not depend on the backend: `fc1.*`, `fc2.*` (MLP), `conv1.*`, `conv2.*` (conv)
 and `alpha` — a Parameter when learnable, a buffer when frozen.

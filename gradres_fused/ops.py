@@ -1,4 +1,4 @@
-"""Public functional API (DESIGN §4): validate, choose a backend, run it."""
+"""Public functional API (docs/DESIGN.md §4): validate, choose a backend, run it."""
 from __future__ import annotations
 
 from contextlib import nullcontext

@@ -1,5 +1,5 @@
 """The `triton` backend: custom ops gradres_fused::triton_{mlp,conv}_{fwd,bwd} over the Triton
-kernels in gradres_fused.kernels (DESIGN §3), same schemas as the cpp ops (fused_op).
+kernels in gradres_fused.kernels (docs/DESIGN.md §3), same schemas as the cpp ops (fused_op).
 
 MLP rows take one of two kernel paths, chosen from (D, H) so fake and real kernels agree:
 - "fused": D, H ≤ 128 — the whole block in one kernel per row tile (kernels/mlp_fused.py); the

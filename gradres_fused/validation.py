@@ -1,4 +1,4 @@
-"""Argument checks shared by every entry point (DESIGN §4).
+"""Argument checks shared by every entry point (docs/DESIGN.md §4).
 
 Bad input raises TypeError (wrong kind of object or dtype) or ValueError (wrong shape, rank, device,
 value) naming the argument and what was expected, before any backend runs.

@@ -1,5 +1,5 @@
 """Shared test helpers: fresh random inputs per run (seed printed, GRADRES_TEST_SEED to replay),
-input builders for both block families and the DESIGN §6 tolerances."""
+input builders for both block families and the docs/DESIGN.md §6 tolerances."""
 from __future__ import annotations
 
 import functools
@@ -10,7 +10,7 @@ import zlib
 import pytest
 import torch
 
-# Without a GPU the Triton kernels run in Triton's interpreter on CPU tensors (DESIGN §5). It must be
+# Without a GPU the Triton kernels run in Triton's interpreter on CPU tensors (docs/DESIGN.md §5). It must be
 # on before gradres_fused (and so gradres_fused.kernels) is imported; GRADRES_TRITON_INTERPRET=0
 # leaves it off (then the triton backend is absent on CPU and its tests skip).
 if not torch.cuda.is_available() and os.environ.get("GRADRES_TRITON_INTERPRET", "1") == "1":
@@ -110,7 +110,7 @@ def _rel(a, b):
 
 
 def assert_parity(got, want, dtype, baseline=None, first_order=None):
-    """DESIGN §6 tolerances, output by output (`first_order`: how many leading outputs are y and
+    """docs/DESIGN.md §6 tolerances, output by output (`first_order`: how many leading outputs are y and
     first-order gradients; the rest are double-backward outputs; default all first-order).
 
     float64: max abs error ≤ 1e-9 (double backward: ≤ 1e-9·max(1, max|ref|), a third derivative).

@@ -1,5 +1,5 @@
-"""Packaging: the package imports without a C++ build or GPU, and kernels/ is installed as the
-subpackage gradres_fused.kernels by both editable and regular installs."""
+"""Packaging: the package imports without a C++ build or GPU, and the Triton kernels are installed
+as the subpackage gradres_fused.kernels by both editable and regular installs."""
 import os
 import subprocess
 import sys

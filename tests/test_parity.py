@@ -1,4 +1,4 @@
-"""Every CPU backend against `reference` (DESIGN §6): y, first-order gradients and the gradients of
+"""Every CPU backend against `reference` (docs/DESIGN.md §6): y, first-order gradients and the gradients of
 a gradient penalty (double backward), for every activation × mode × normalize, on awkward shapes."""
 import functools
 

@@ -1,4 +1,4 @@
-"""Bad input raises ValueError/TypeError naming the argument (DESIGN §4), and backend selection."""
+"""Bad input raises ValueError/TypeError naming the argument (docs/DESIGN.md §4), and backend selection."""
 import pytest
 import torch
 

@@ -1,4 +1,4 @@
-"""Conv block (DESIGN §1, conv family): the convolutions run in torch (cuDNN on GPU); Triton does
+"""Conv block (docs/DESIGN.md §1, conv family): the convolutions run in torch (cuDNN on GPU); Triton does
 every elementwise and reduction stage between them:
 
     smap          S[c,i,j] = Σ_{u,v} W2.sum(0)[c,u,v] R[u,i] Q[v,j]     (no ones-convolution)

@@ -7,7 +7,7 @@ Forward, per tile of BLOCK_M rows (x read once, y written once, nothing else sto
 Backward: a persistent grid (one program per SM) walks the row tiles, recomputes z, a, d, g, r from
 x (cheaper than storing and re-reading N×H intermediates: the block is bandwidth-bound at these
 widths), writes x̄ per tile and accumulates W̄1, W̄2, b̄1, b̄2, s̄, ᾱ in registers; each program
-stores one partial and the host sums the partials (deterministic: no atomics). DESIGN §2 formulas.
+stores one partial and the host sums the partials (deterministic: no atomics). docs/DESIGN.md §2 formulas.
 """
 from __future__ import annotations
 
@@ -204,7 +204,7 @@ def mlp_fwd(x, w1, b1, w2, b2, alpha, activation: str, normalize: bool, eps: flo
 
 def mlp_bwd(y_bar, x, w1, b1, w2, alpha, activation: str, normalize: bool, eps: float,
             detach: bool):
-    """(x̄, W̄1, b̄1, W̄2, b̄2, ᾱ) of DESIGN §2 from ȳ and the forward's inputs."""
+    """(x̄, W̄1, b̄1, W̄2, b̄2, ᾱ) of docs/DESIGN.md §2 from ȳ and the forward's inputs."""
     n, dim = x.shape
     hidden = w1.shape[0]
     acc = acc_torch_dtype(x.dtype)

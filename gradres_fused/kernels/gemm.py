@@ -1,5 +1,5 @@
 """Tiled GEMM with fused epilogues for wide MLP blocks (D or H > 128), and the wide block's
-forward and backward built from it (DESIGN §2; one GEMM launch per GEMM unit of the work count).
+forward and backward built from it (docs/DESIGN.md §2; one GEMM launch per GEMM unit of the work count).
 
 One kernel, C[M, N] = A·B with arbitrary strides (so every transpose is free), in two shapes:
 - stacked: one accumulator over two (A, B) pairs, C = A1·B1 + A2·B2 (the W̄1 = [z̄; d]ᵀ[x; ḡ] GEMM);
