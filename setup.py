@@ -8,7 +8,7 @@ import os
 
 from setuptools import setup
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
 
 
 def _use_cuda() -> bool:
@@ -33,7 +33,13 @@ def extension_modules():
     # errno state is read anywhere.
     cxx = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
     if _use_cuda():
-        cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.c*")))
+        # Sources only: a glob such as "*.c*" would take the .cuh header too, and ninja then has
+        # two rules for csrc/cuda/epilogues.o.
+        cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp"))
+                              + glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+        # Unset TORCH_CUDA_ARCH_LIST makes torch build for the visible GPU only (or fail without
+        # one); default to the architectures users run: A100 (8.0) and H100/H200 (9.0, + PTX).
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
         ext = CUDAExtension(
             "gradres_fused._C", sources + cuda_sources, define_macros=[("WITH_CUDA", None)],
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo"]},
