@@ -1,4 +1,4 @@
-"""Built-in workloads (issue 5): each builds, on a device, the tensors to differentiate and a
+"""Built-in workloads: each builds, on a device, the tensors to differentiate and a
 forward for every peer, all sharing the same weights and inputs.
 
 Shapes come in three tiers: `gpu` (the sizes the project reports), `cpu` (the default on a CPU,
