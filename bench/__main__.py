@@ -94,7 +94,8 @@ def _peers(case: Case, device, dtype, compile_: bool) -> Tuple[Dict, Dict]:
     return peers, skipped
 
 
-def measure_case(wl, tier, dtype, device, activation, detach, args, ceil) -> List[dict]:
+def measure_case(wl, tier, dtype, device, activation, detach, args, ceil,
+                 progress: str = "") -> List[dict]:
     torch.manual_seed(0)
     case = wl.case(tier, dtype, device, activation, detach)
     peers, skipped = _peers(case, device, dtype, args.compile)
@@ -143,7 +144,7 @@ def measure_case(wl, tier, dtype, device, activation, detach, args, ceil) -> Lis
                                      if ceil else None),
                        max_rel_err=errs[k])
         rows.append(row)
-        print_row(row)
+        print_row(row, progress)
     return rows
 
 
@@ -161,12 +162,11 @@ def run(args) -> dict:
             if device.type == "cuda" else {})
     print(f"device: {device_name(device)}; ceilings: {ceil or 'not measured on cpu'}", flush=True)
     rows = []
-    for wl in workloads:
-        for dtype in dtypes:
-            for activation in args.activations:
-                for detach in modes:
-                    rows += measure_case(wl, tier, dtype, device, activation, detach, args,
-                                         ceil.get(str(dtype).replace("torch.", "")))
+    cases = [(wl, dtype, activation, detach) for wl in workloads for dtype in dtypes
+             for activation in args.activations for detach in modes]
+    for i, (wl, dtype, activation, detach) in enumerate(cases, 1):
+        rows += measure_case(wl, tier, dtype, device, activation, detach, args,
+                             ceil.get(str(dtype).replace("torch.", "")), f"[{i}/{len(cases)}]")
     if args.backend:
         rows = [r for r in rows if r["backend"] in (args.backend, "plain", "reference")]
     return {
@@ -188,12 +188,14 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def print_row(row: dict) -> None:
+def print_row(row: dict, progress: str = "") -> None:
+    """One row of the console table, led by the case's place in the run (`progress`, "[i/n]")
+    and its shape."""
+    columns = ("shape",) + HEADER
     if not getattr(print_row, "header_done", False):
-        print(" | ".join(HEADER))
+        print(" | ".join(("case",) + columns))
         print_row.header_done = True
-    print(" | ".join(_fmt(row[k]) if k != "status" or row[k] != "ok" else "ok"
-                     for k in HEADER), flush=True)
+    print(" | ".join([progress or "-"] + [_fmt(row[k]) for k in columns]), flush=True)
 
 
 def markdown(result: dict) -> str:

@@ -18,18 +18,51 @@ from torch import nn
 
 import gradres_fused as gf
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")  # full-mode runs: committed, linked from the README
+QUICK_RESULTS = os.path.join(HERE, "results-quick")  # --quick runs: git-ignored scratch
 
 
-def parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--quick", action="store_true", help="CI smoke size (minutes on 2 CPU cores)")
-    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3, quick 1)")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps per run")
+def _shown(path: str) -> str:
+    """A results folder as the README names it (relative to the repository root)."""
+    return os.path.relpath(path, os.path.dirname(HERE)) + "/"
+
+
+def description(doc: str) -> str:
+    """A module docstring for --help: all of it but the usage paragraph (argparse prints its
+    own), its line breaks and lists kept."""
+    paragraphs = [p.strip("\n") for p in doc.strip().split("\n\n")]
+    return "\n\n".join(p for p in paragraphs if not p.lstrip().startswith("python -m "))
+
+
+def parser(module: str, doc: str, steps: bool = True, seeds: int = 3) -> argparse.ArgumentParser:
+    """The experiments' shared command line: `module` ("examples.digits") names the program,
+    `doc` is its docstring, `seeds` the full mode's default seed count. `steps=False` leaves the
+    training-length flag to the experiment (digits counts epochs)."""
+    p = argparse.ArgumentParser(prog=f"python -m {module}", description=description(doc),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="CI smoke size: seconds to a minute on 2 CPU cores; writes to "
+                        f"{_shown(QUICK_RESULTS)} unless --out is given")
+    p.add_argument("--seeds", type=int, default=None,
+                   help=f"number of seeds (default {seeds}, quick 1)")
+    if steps:
+        p.add_argument("--steps", type=int, default=None, help="optimizer steps per run")
     p.add_argument("--json", default=None, help="also write the results JSON here")
-    p.add_argument("--out", default=RESULTS, help=f"results folder (default {RESULTS})")
+    p.add_argument("--out", default=None,
+                   help=f"results folder (default {_shown(RESULTS)}, "
+                        f"with --quick {_shown(QUICK_RESULTS)})")
     p.add_argument("--backend", default="auto", help="gradres_fused backend (default auto)")
     return p
+
+
+def parse_args(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Parse, then resolve the results folder: quick runs never overwrite the committed
+    full-mode results unless --out says so."""
+    args = p.parse_args(argv)
+    if args.out is None:
+        args.out = QUICK_RESULTS if args.quick else RESULTS
+    return args
 
 
 def seed_all(seed: int) -> None:
@@ -64,15 +97,57 @@ def environment() -> Dict:
             "backends": gf.available_backends()}
 
 
-def write(out_dir: str, name: str, payload: Dict, markdown: str, json_path=None) -> None:
+def write(out_dir: str, name: str, payload: Dict, markdown: str, json_path=None) -> List[str]:
+    """<out_dir>/<name>.json (and `json_path`) and <out_dir>/<name>.md; prints the table and
+    where it went. Returns the paths written."""
     os.makedirs(out_dir, exist_ok=True)
     payload = {"environment": environment(), **payload}
-    for path in [os.path.join(out_dir, f"{name}.json")] + ([json_path] if json_path else []):
+    paths = [os.path.join(out_dir, f"{name}.json")] + ([json_path] if json_path else [])
+    for path in paths:
         with open(path, "w") as f:
             json.dump(payload, f, indent=1)
-    with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
+    paths.append(os.path.join(out_dir, f"{name}.md"))
+    with open(paths[-1], "w") as f:
         f.write(markdown)
     print(markdown)
+    print("wrote " + ", ".join(paths), flush=True)
+    return paths
+
+
+def save_figure(fig, out_dir: str, name: str) -> str:
+    """Save a matplotlib figure as <out_dir>/<name>.png, close it, say where it went."""
+    import matplotlib.pyplot as plt
+    path = os.path.join(out_dir, f"{name}.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}", flush=True)
+    return path
+
+
+def padded_limits(values: Sequence[float], errors: Sequence[float] = (), pad: float = 0.1,
+                  lower: float = -math.inf, upper: float = math.inf):
+    """(lo, hi) axis limits showing every value ± its error, with `pad` × the span as margin on
+    each side, clipped to [lower, upper] (e.g. 0–100 for a percentage). A zero span (one value,
+    no error) gets a margin of `pad` × |value| (or `pad` at 0), so the point is not on the edge."""
+    v = np.asarray(values, dtype=float)
+    e = np.broadcast_to(np.abs(np.asarray(errors, dtype=float)) if len(errors) else 0.0, v.shape)
+    if v.size == 0 or not np.all(np.isfinite(v)):
+        raise ValueError(f"values: need finite numbers, got {list(values)}")
+    lo, hi = float((v - e).min()), float((v + e).max())
+    margin = pad * (hi - lo) if hi > lo else pad * max(abs(hi), 1.0)
+    return max(lower, lo - margin), min(upper, hi + margin)
+
+
+def log_range(values, quantile: float = 0.01):
+    """(vmin, vmax) for a logarithmic colour scale over the data: vmax its largest value, vmin
+    the `quantile` of its positive values, so a few near-zero entries (a network's output at
+    initialization) do not stretch the scale over decades that nothing else occupies."""
+    v = np.asarray(values, dtype=float).ravel()
+    pos = v[np.isfinite(v) & (v > 0)]
+    if pos.size == 0:
+        raise ValueError("values: a log scale needs at least one positive finite value")
+    vmin, vmax = float(np.quantile(pos, quantile)), float(pos.max())
+    return (vmin, vmax) if vmax > vmin else (vmax / 10, vmax)
 
 
 def table(header: List[str], rows: List[List[str]]) -> str:

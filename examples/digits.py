@@ -3,15 +3,18 @@ gradient residual MLPs (learnable alpha; detach and second-order), same width, d
 and epochs. Test accuracy on a held-out stratified quarter, mean ± 95% CI over seeds (a new
 split and initialization per seed).
 
-    python -m examples.digits [--quick] [--seeds S] [--steps EPOCHS] [--json FILE]
+    python -m examples.digits [--quick] [--seeds S] [--epochs E] [--json FILE]
 """
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .common import build, mean_ci95, n_params, parser, progress, seed_all, table, timed, write
+from .common import (build, mean_ci95, n_params, padded_limits, parse_args, parser, progress,
+                     save_figure, seed_all, table, timed, write)
 
 METHODS = ["resnet", "gradres_convex", "gradres_second_order"]
 
@@ -45,10 +48,32 @@ def run(method, seed, epochs, width, depth, backend):
     return acc, seconds, n_params(model)
 
 
+def command_line():
+    p = parser("examples.digits", __doc__, steps=False, seeds=5)
+    p.add_argument("--epochs", type=int, default=None,
+                   help="passes over the training set per run (default 40, quick 2)")
+    # The flag's name before --epochs; it always counted epochs, not optimizer steps.
+    p.add_argument("--steps", type=int, default=None, dest="deprecated_steps",
+                   metavar="EPOCHS", help="deprecated alias of --epochs")
+    return p
+
+
+def parse(argv=None):
+    p = command_line()
+    args = parse_args(p, argv)
+    if args.deprecated_steps is not None:
+        if args.epochs is not None:
+            p.error("--steps is the deprecated name of --epochs: give only --epochs")
+        warnings.warn("examples.digits: --steps is deprecated (it counts epochs, not optimizer "
+                      "steps); use --epochs", FutureWarning, stacklevel=2)
+        args.epochs = args.deprecated_steps
+    return args
+
+
 def main(argv=None):
-    args = parser(__doc__.split("\n")[0]).parse_args(argv)
+    args = parse(argv)
     seeds = args.seeds or (1 if args.quick else 5)
-    epochs = args.steps or (2 if args.quick else 40)
+    epochs = args.epochs or (2 if args.quick else 40)
     width, depth = (32, 2) if args.quick else (64, 3)
     raw = {m: [] for m in METHODS}
     for seed, m in progress([(s, m) for s in range(seeds) for m in METHODS], desc="digits"):
@@ -76,12 +101,15 @@ def _plot(out, results):
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     names = list(results)
-    ax.bar(range(len(names)), [100 * results[n]["accuracy"] for n in names],
-           yerr=[100 * results[n]["accuracy_ci95"] for n in names])
+    acc = [100 * results[n]["accuracy"] for n in names]
+    ci = [100 * results[n]["accuracy_ci95"] for n in names]
+    # Points with error bars on an axis fitted to the data: bars would need an axis from 0.
+    ax.errorbar(range(len(names)), acc, yerr=ci, fmt="o", capsize=4)
     ax.set_xticks(range(len(names)), names, fontsize=8)
-    ax.set(ylabel="test accuracy (%)", ylim=(80, 100), title="digits")
+    ax.set(ylabel="test accuracy (%)", ylim=padded_limits(acc, ci, lower=0, upper=100),
+           xlim=(-0.5, len(names) - 0.5), title="digits")
     fig.tight_layout()
-    fig.savefig(f"{out}/digits.png", dpi=110)
+    save_figure(fig, out, "digits")
 
 
 if __name__ == "__main__":

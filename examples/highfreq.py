@@ -11,8 +11,8 @@ import math
 
 import torch
 
-from .common import (build, mean_ci95, n_params, parser, progress, seed_all, table, timed,
-                     width_for, write)
+from .common import (build, mean_ci95, n_params, parse_args, parser, progress, save_figure,
+                     seed_all, table, timed, width_for, write)
 
 METHODS = ["mlp", "resnet", "gradres", "gradres_convex", "gradres_second_order", "mgdl",
            "fourier_features", "siren"]
@@ -61,7 +61,7 @@ def train(method: str, width: int, depth: int, steps: int, x, y, backend: str, l
 
 
 def main(argv=None):
-    args = parser(__doc__.split("\n")[0]).parse_args(argv)
+    args = parse_args(parser("examples.highfreq", __doc__), argv)
     seeds = args.seeds or (1 if args.quick else 3)
     steps = args.steps or (60 if args.quick else 2000)
     depth, budget = (2, 2000) if args.quick else (4, 17000)
@@ -127,7 +127,7 @@ def _plot(out, results, fits):
     b.set(xlim=(0, 0.25), title="fit, k=16 (seed 0), x ∈ [0, 0.25]")
     b.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(f"{out}/highfreq.png", dpi=110)
+    save_figure(fig, out, "highfreq")
 
 
 if __name__ == "__main__":

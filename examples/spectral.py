@@ -13,7 +13,8 @@ import math
 import numpy as np
 import torch
 
-from .common import build, mean_ci95, n_params, parser, progress, seed_all, table, width_for, write
+from .common import (build, log_range, mean_ci95, n_params, parse_args, parser, progress,
+                     save_figure, seed_all, table, width_for, write)
 
 MODELS = ["resnet", "gradres_convex", "mgdl"]
 FREQS = list(range(5, 55, 5))
@@ -61,7 +62,7 @@ def run(model_name, width, depth, steps, every, seed, backend):
 
 
 def main(argv=None):
-    args = parser(__doc__.split("\n")[0]).parse_args(argv)
+    args = parse_args(parser("examples.spectral", __doc__), argv)
     seeds = args.seeds or (1 if args.quick else 3)
     steps = args.steps or (100 if args.quick else 6000)
     every = max(1, steps // 100)
@@ -108,14 +109,18 @@ def _plot(out, heat, every):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
 
+    # One log colour scale over all panels, spanning what the runs reached: a short run's
+    # amplitudes stay far below 1 and would be uniformly dark on a fixed 0–1 scale.
+    norm = LogNorm(*log_range(np.concatenate([a.ravel() for a in heat.values()])))
     fig, axes = plt.subplots(1, len(heat), figsize=(5 * len(heat), 4), sharey=True)
     for ax, (m, amps) in zip(np.atleast_1d(axes), heat.items()):
-        im = ax.imshow(amps.T, aspect="auto", origin="lower", vmin=0, vmax=1, cmap="viridis",
+        im = ax.imshow(amps.T, aspect="auto", origin="lower", norm=norm, cmap="viridis",
                        extent=(0, every * (len(amps) - 1), FREQS[0] - 2.5, FREQS[-1] + 2.5))
         ax.set(title=m, xlabel="training step", ylabel="frequency k")
-    fig.colorbar(im, ax=axes, label="|f̂(k)| / A_k")
-    fig.savefig(f"{out}/spectral.png", dpi=110)
+    fig.colorbar(im, ax=axes, label="|f̂(k)| / A_k (log scale; learned at ≥ 0.9)")
+    save_figure(fig, out, "spectral")
 
 
 if __name__ == "__main__":

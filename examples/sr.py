@@ -27,7 +27,8 @@ from torch import nn
 
 import gradres_fused as gf
 
-from .common import mean_ci95, n_params, parser, progress, seed_all, table, timed, write
+from .common import (mean_ci95, n_params, parse_args, parser, progress, save_figure, seed_all,
+                     table, timed, write)
 
 TRAIN = ["astronaut.png", "hubble_deep_field.jpg", "ihc.png", "retina.jpg", "rocket.jpg",
          "motorcycle_left.png"]
@@ -198,7 +199,7 @@ def train_eval(arch, variant, seed, steps, batch, size, train_imgs, test_imgs, q
 
 
 def main(argv=None):
-    args = parser(__doc__.split("\n")[0]).parse_args(argv)
+    args = parse_args(parser("examples.sr", __doc__), argv)
     quick = args.quick
     seeds = args.seeds or (1 if quick else 3)
     steps = args.steps or (10 if quick else 2000)
@@ -257,7 +258,7 @@ def _plot(out, results, config):
     ax.set(ylabel="PSNR (dB, Y)", ylim=(lo - 0.5, None), title="x2 SR, held-out photos")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(f"{out}/sr.png", dpi=110)
+    save_figure(fig, out, "sr")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import random
+import shlex
 import zlib
 
 import pytest
@@ -23,8 +24,35 @@ ACTIVATIONS = sorted(gf.ACTIVATIONS)
 PARAM_NAMES = ("x", "w1", "b1", "w2", "b2", "alpha")
 
 
+def pytest_configure(config):
+    """A pytest-xdist worker imports this file on its own and would draw its own seed: it takes
+    the controller's instead (sent by pytest_configure_node), before any test module reads SEED."""
+    global SEED
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and "gradres_test_seed" in workerinput:
+        SEED = workerinput["gradres_test_seed"]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """pytest-xdist, on the controller: hand every worker the controller's seed."""
+    node.workerinput["gradres_test_seed"] = SEED
+
+
+def replay_command(config) -> str:
+    """The command line that reruns this session with the same seed."""
+    args = " ".join(shlex.quote(a) for a in config.invocation_params.args)
+    return f"GRADRES_TEST_SEED={SEED} python -m pytest {args}".rstrip()
+
+
 def pytest_report_header(config):
     return f"gradres_fused test seed: {SEED} (replay with GRADRES_TEST_SEED={SEED})"
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """The seed again at the end, where `-q` (which drops the header) still shows it."""
+    terminalreporter.write_line(
+        f"gradres_fused test seed: {SEED}; replay: {replay_command(config)}")
 
 
 @pytest.fixture(autouse=True)
