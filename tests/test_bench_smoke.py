@@ -16,10 +16,16 @@ ROW_KEYS = {"workload", "shape", "dtype", "backend", "mode", "fwd_ms", "step_ms"
 @pytest.mark.slow
 def test_bench_quick_writes_schema_and_parity(tmp_path):
     out = tmp_path / "r.json"
-    subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out), "--workload",
-                    "mlp_narrow", "edsr_block", "--activations", "silu", "--reps", "2"],
-                   cwd=ROOT, check=True, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out),
+                           "--workload", "mlp_narrow", "edsr_block", "--activations", "silu",
+                           "--reps", "2"], cwd=ROOT, check=True, capture_output=True, text=True)
     result = json.loads(out.read_text())
+    # The console table: every row led by its case's place in the run and its shape.
+    table = [line.split(" | ") for line in proc.stdout.splitlines() if " | " in line]
+    assert table[0][:3] == ["case", "shape", "workload"]
+    assert [r[0] for r in table[1:]] == [f"[{i}/4]" for i in range(1, 5)
+                                         for _ in range(len(result["rows"]) // 4)]
+    assert [r[1] for r in table[1:]] == [r["shape"] for r in result["rows"]]
     assert {"device", "versions", "date", "rows"} <= set(result)
     assert (tmp_path / "r.md").is_file()
     rows = result["rows"]
@@ -36,3 +42,18 @@ def test_bench_quick_writes_schema_and_parity(tmp_path):
             assert r["status"].split(":")[0] in {"unavailable", "unsupported", "skipped"}, r
     names = {r["backend"] for r in rows}
     assert names == {"plain", "reference", "composite", "cpp", "triton"}
+
+
+def test_console_row_shows_progress_and_shape(capsys, monkeypatch):
+    from bench import __main__ as bench_main
+    monkeypatch.setattr(bench_main.print_row, "header_done", False, raising=False)
+    row = dict.fromkeys(bench_main.HEADER, None)
+    row.update(workload="mlp_narrow", shape="NxDxH=8x4x4", backend="cpp", compiled=False,
+               step_ms=1.5, status="ok")
+    bench_main.print_row(row, "[3/16]")
+    bench_main.print_row(row)
+    header, first, second = capsys.readouterr().out.splitlines()
+    assert header.split(" | ")[:3] == ["case", "shape", "workload"]
+    assert first.split(" | ")[:3] == ["[3/16]", "NxDxH=8x4x4", "mlp_narrow"]
+    assert second.split(" | ")[0] == "-"
+    assert len(first.split(" | ")) == len(header.split(" | "))
