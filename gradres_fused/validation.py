@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from .activations import get_activation
+from .backends import KNOWN
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -75,8 +76,6 @@ def check_number(name: str, value) -> None:
 def check_backend_name(backend) -> None:
     """At construction: 'auto' or a backend of docs/DESIGN.md §3. Whether it can run is only known
     once the input's device and dtype are (a module may be built on CPU and moved to CUDA)."""
-    from .backends import KNOWN  # backends imports the backend modules, which import this one
-
     if not isinstance(backend, str):
         raise TypeError(f"backend: expected a str, got {type(backend).__name__}")
     if backend != "auto" and backend not in KNOWN:
