@@ -37,6 +37,8 @@ class Backend:
     native_low_precision: Callable[[torch.device], bool] = lambda device: False
     # False on a device: `auto` passes this backend over there (it may still be named).
     auto_ok: Callable[[torch.device], bool] = lambda device: True
+    # False: torch.export cannot trace it (torch.autograd.grad inside the forward).
+    exportable: bool = True
 
 
 _REGISTRY: Dict[str, Backend] = {}
@@ -51,7 +53,7 @@ def register(backend: Backend) -> None:
     _REGISTRY[backend.name] = backend
 
 
-register(Backend("reference", reference.gradres_mlp, reference.gradres_conv2d))
+register(Backend("reference", reference.gradres_mlp, reference.gradres_conv2d, exportable=False))
 register(Backend("composite", composite.gradres_mlp, composite.gradres_conv2d))
 if cpp.IMPORT_ERROR is None:
     register(Backend("cpp", cpp.gradres_mlp, cpp.gradres_conv2d, cpp.unavailable,
@@ -88,6 +90,21 @@ def unavailable_reason(name: str, device, dtype: torch.dtype = torch.float32) ->
     return b.unavailable(torch.device(device), dtype)
 
 
+def exportable_backends() -> List[str]:
+    """Registered backends that torch.export.export can trace."""
+    return [name for name, b in _REGISTRY.items() if b.exportable]
+
+
+def check_exportable(what: str) -> None:
+    """Under torch.export, refuse `what` (a non-exportable backend or GradientResidual) with the
+    alternatives, instead of PyTorch's internal "fake tensor in the constant's list" error that
+    torch.autograd.grad inside an exported forward produces."""
+    if torch.compiler.is_exporting():
+        raise RuntimeError(f"{what} cannot be exported: it takes g from torch.autograd.grad, which "
+                           f"torch.export does not trace; use GradResMLP/GradResConv2d or the "
+                           f"functional API with a backend that exports: {exportable_backends()}")
+
+
 def get_backend(name: str, device: torch.device, dtype: torch.dtype) -> Backend:
     """The backend to run for tensors on `device` with `dtype`; raises naming the alternatives."""
     if not isinstance(name, str):
@@ -111,4 +128,6 @@ def get_backend(name: str, device: torch.device, dtype: torch.dtype) -> Backend:
     if reason is not None:
         raise RuntimeError(f"{source}: backend {name!r} cannot run on {device} with {dtype}: "
                            f"{reason}; available there: {available_backends(device)}")
+    if not b.exportable:
+        check_exportable(f"{source}: backend {name!r}")
     return b

@@ -47,7 +47,7 @@ def gradient_residual(fn: Callable[[Tensor], Tensor], x: Tensor, alpha: Tensor, 
             dims = tuple(range(1, x.dim())) if norm_dims is None else tuple(norm_dims)
             r = torch.sqrt(g.square().sum(dim=dims, keepdim=True) + eps * eps)
             g = g / r
-        m = torch.sigmoid(alpha)
+        m = torch.sigmoid(alpha.reshape(()))  # one element of any shape: a scalar, y keeps x's shape
         y = fx + (1 - m) * x + m * g
     return y if grad_mode else y.detach()
 

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from .activations import get_activation
+from .backends import KNOWN
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -39,13 +40,70 @@ def _check_shape(name: str, t: Tensor, shape: Sequence[int], what: str) -> None:
 
 def check_options(activation, normalize, eps, detach) -> None:
     get_activation(activation)
-    for name, flag in (("normalize", normalize), ("detach", detach)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name}: expected a bool, got {type(flag).__name__}")
+    check_flags(normalize, eps, detach)
+
+
+def check_flags(normalize, eps, detach) -> None:
+    check_bool("normalize", normalize)
+    check_bool("detach", detach)
     if isinstance(eps, bool) or not isinstance(eps, (int, float)):
         raise TypeError(f"eps: expected a float, got {type(eps).__name__}")
     if not math.isfinite(eps) or eps < 0:
         raise ValueError(f"eps: expected a finite number >= 0, got {eps!r}")
+
+
+def check_bool(name: str, flag) -> None:
+    if not isinstance(flag, bool):
+        raise TypeError(f"{name}: expected a bool, got {type(flag).__name__}")
+
+
+def check_size(name: str, size) -> None:
+    """A layer width or kernel size: a positive int (bool and float are refused)."""
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise TypeError(f"{name}: expected a positive int, got {type(size).__name__} {size!r}")
+    if size < 1:
+        raise ValueError(f"{name}: expected a positive int, got {size}")
+
+
+def check_number(name: str, value) -> None:
+    """A finite real number (int or float, not bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a float, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+
+
+def check_backend_name(backend) -> None:
+    """At construction: 'auto' or a backend of docs/DESIGN.md §3. Whether it can run is only known
+    once the input's device and dtype are (a module may be built on CPU and moved to CUDA)."""
+    if not isinstance(backend, str):
+        raise TypeError(f"backend: expected a str, got {type(backend).__name__}")
+    if backend != "auto" and backend not in KNOWN:
+        raise ValueError(f"backend: unknown backend {backend!r}; expected 'auto' or one of "
+                         f"{list(KNOWN)}")
+
+
+def check_module_input(module, x, attr: str, param: Tensor) -> None:
+    """x against the dtype and device of a module's weights, with the fix in the message.
+
+    Under torch.autocast the functional API casts the inputs itself, so only the device is
+    checked there."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
+    cls = type(module).__name__
+    if x.device != param.device:
+        raise ValueError(f"x: {cls} got an input on {x.device} but its parameters ({attr}, …) "
+                         f"are on {param.device}; move one to the other's device, e.g. "
+                         f"module.to({str(x.device)!r})")
+    autocasting = False
+    try:
+        autocasting = torch.is_autocast_enabled(x.device.type)
+    except RuntimeError:  # a device type autocast does not know: the functional API reports it
+        pass
+    if not autocasting and x.is_floating_point() and x.dtype != param.dtype:
+        raise TypeError(f"x: {cls} got an input of dtype {x.dtype} but its parameters ({attr}, …) "
+                        f"are {param.dtype}; convert the module with module.to({x.dtype}), the "
+                        f"input with x.to({param.dtype}), or run it under torch.autocast")
 
 
 def check_alpha(alpha: AlphaLike, x: Tensor) -> Tensor:
@@ -54,6 +112,7 @@ def check_alpha(alpha: AlphaLike, x: Tensor) -> Tensor:
         raise TypeError("alpha: expected a one-element floating tensor or a float, got bool")
     if isinstance(alpha, (int, float)):
         return torch.tensor(float(alpha), dtype=x.dtype, device=x.device)
+    # Any one-element shape (a module's alpha is (1,)); every backend returns ᾱ in alpha's shape.
     _check_tensor("alpha", alpha, x.dtype, x.device)
     if alpha.numel() != 1:
         raise ValueError(f"alpha: expected one element (a scalar logit), got shape "

@@ -48,7 +48,7 @@ def test_alpha_frozen_is_a_buffer():
     assert "alpha" in m.state_dict()
     m(torch.randn(3, 4)).sum().backward()
     assert float(m.alpha) == 2.0 and m.fc1.weight.grad is not None
-    torch.testing.assert_close(m.mix, torch.sigmoid(torch.tensor(2.0)))
+    torch.testing.assert_close(m.mix, torch.sigmoid(torch.tensor([2.0])))
 
 
 def test_res_scale_is_folded_into_conv2():
@@ -103,10 +103,142 @@ def test_modules_pickle_and_deepcopy(make):
     assert "alpha" in repr(m)
 
 
-def test_module_rejects_even_kernel_and_unknown_activation():
-    with pytest.raises(ValueError, match="kernel_size"):
-        gf.GradResConv2d(3, kernel_size=4)
-    with pytest.raises(ValueError, match="activation"):
-        gf.GradResMLP(3, 4, activation="mish")
-    with pytest.raises(ValueError, match="eps"):
-        gf.GradResMLP(3, 4, eps=-1.0)
+MODULES = [lambda **kw: gf.GradResMLP(4, 5, **kw),
+           lambda **kw: gf.GradResConv2d(2, 3, res_scale=0.5, **kw),
+           lambda **kw: gf.GradientResidual(nn.Linear(4, 4), **kw)]
+
+
+@pytest.mark.parametrize("learn_alpha", [True, False])
+@pytest.mark.parametrize("make", MODULES)
+def test_alpha_has_shape_one(make, learn_alpha):
+    """FSDP2's fully_shard refuses 0-d parameters, so alpha is (1,) whether parameter or buffer."""
+    m = make(alpha_init=0.7, learn_alpha=learn_alpha)
+    assert m.alpha.shape == (1,) and m.state_dict()["alpha"].shape == (1,)
+    assert isinstance(m.alpha, nn.Parameter) == learn_alpha
+    assert m.alpha.item() == pytest.approx(0.7)
+
+
+@pytest.mark.parametrize("learn_alpha", [True, False])
+@pytest.mark.parametrize("make", MODULES)
+def test_state_dict_with_old_scalar_alpha_loads(make, learn_alpha):
+    """A checkpoint saved when alpha was 0-d, nested inside a bigger model (prefixed keys)."""
+    source = make(alpha_init=-0.3, learn_alpha=learn_alpha)
+    old = {k: (v.reshape(()) if k == "alpha" else v.clone()) for k, v in
+           source.state_dict().items()}
+    assert old["alpha"].dim() == 0
+    target = nn.Sequential(make(alpha_init=0.9, learn_alpha=learn_alpha))
+    target.load_state_dict({f"0.{k}": v for k, v in old.items()})
+    assert target[0].alpha.shape == (1,) and isinstance(target[0].alpha, nn.Parameter) == learn_alpha
+    for k, v in source.state_dict().items():
+        torch.testing.assert_close(target[0].state_dict()[k], v, rtol=0, atol=0)
+    # strict loading of the module itself, and of a current (1,) state_dict
+    fresh = make()
+    fresh.load_state_dict(old, strict=True)
+    fresh.load_state_dict(source.state_dict(), strict=True)
+    torch.testing.assert_close(fresh.alpha, source.alpha, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("family", ["mlp", "conv2d"])
+def test_alpha_gradient_has_alpha_shape_on_every_backend(backend, family):
+    """The functional API takes a float, a 0-d or any one-element tensor; ᾱ comes back in
+    alpha's shape and the same value whatever that shape."""
+    if family == "mlp":
+        op = gf.gradres_mlp
+        x, w1, b1, w2, b2 = (torch.randn(5, 3), torch.randn(4, 3) / 2, torch.randn(4),
+                             torch.randn(3, 4) / 2, torch.randn(3))
+    else:
+        op = gf.gradres_conv2d
+        x, w1, b1, w2, b2 = (torch.randn(2, 3, 4, 4), torch.randn(4, 3, 3, 3) / 5, torch.randn(4),
+                             torch.randn(3, 4, 3, 3) / 5, torch.randn(3))
+    y_float = op(x, w1, b1, w2, b2, 0.25, backend=backend)
+    grads = []
+    for shape in [(), (1,), (1, 1), (1, 1, 1, 1, 1)]:
+        alpha = torch.full(shape, 0.25, requires_grad=True)
+        y = op(x, w1, b1, w2, b2, alpha, backend=backend)
+        assert y.shape == x.shape
+        torch.testing.assert_close(y, y_float, rtol=1e-6, atol=1e-6)
+        (g,) = torch.autograd.grad(y.square().sum(), alpha)
+        assert g.shape == alpha.shape, (shape, g.shape)
+        grads.append(g.reshape(()))
+    for g in grads[1:]:
+        torch.testing.assert_close(g, grads[0], rtol=1e-5, atol=1e-6)
+
+
+BAD_CONSTRUCTION = [
+    (lambda: gf.GradResMLP(0, 32), ValueError, "dim"),
+    (lambda: gf.GradResMLP(4, -1), ValueError, "hidden"),
+    (lambda: gf.GradResMLP("64", 32), TypeError, "dim"),
+    (lambda: gf.GradResMLP(4, 3.0), TypeError, "hidden"),
+    (lambda: gf.GradResMLP(True, 3), TypeError, "dim"),
+    (lambda: gf.GradResMLP(3, 4, backend="nope"), ValueError, "backend"),
+    (lambda: gf.GradResMLP(3, 4, backend=None), TypeError, "backend"),
+    (lambda: gf.GradResMLP(3, 4, activation="mish"), ValueError, "activation"),
+    (lambda: gf.GradResMLP(3, 4, eps=-1.0), ValueError, "eps"),
+    (lambda: gf.GradResMLP(3, 4, detach="yes"), TypeError, "detach"),
+    (lambda: gf.GradResMLP(3, 4, normalize=None), TypeError, "normalize"),
+    (lambda: gf.GradResMLP(3, 4, alpha_init=float("nan")), ValueError, "alpha_init"),
+    (lambda: gf.GradResMLP(3, 4, alpha_init="0"), TypeError, "alpha_init"),
+    (lambda: gf.GradResMLP(3, 4, learn_alpha=1), TypeError, "learn_alpha"),
+    (lambda: gf.GradResMLP(3, 4, bias=0), TypeError, "bias"),
+    (lambda: gf.GradResConv2d(0), ValueError, "channels"),
+    (lambda: gf.GradResConv2d(3, 0), ValueError, "hidden_channels"),
+    (lambda: gf.GradResConv2d(3, "8"), TypeError, "hidden_channels"),
+    (lambda: gf.GradResConv2d(3, kernel_size=4), ValueError, "kernel_size"),
+    (lambda: gf.GradResConv2d(3, kernel_size=0), ValueError, "kernel_size"),
+    (lambda: gf.GradResConv2d(3, kernel_size=(3, 3)), TypeError, "kernel_size"),
+    (lambda: gf.GradResConv2d(3, res_scale="0.1"), TypeError, "res_scale"),
+    (lambda: gf.GradResConv2d(3, res_scale=float("inf")), ValueError, "res_scale"),
+    (lambda: gf.GradResConv2d(3, backend="cuda"), ValueError, "backend"),
+    (lambda: gf.GradResConv2d(3, activation="mish"), ValueError, "activation"),
+    (lambda: gf.GradientResidual(nn.Linear(3, 3), eps=float("nan")), ValueError, "eps"),
+    (lambda: gf.GradientResidual(nn.Linear(3, 3), alpha_init=None), TypeError, "alpha_init"),
+    (lambda: gf.GradientResidual("linear"), TypeError, "module"),
+]
+
+
+@pytest.mark.parametrize("make,exc,name", BAD_CONSTRUCTION,
+                         ids=[c[2] + str(i) for i, c in enumerate(BAD_CONSTRUCTION)])
+def test_module_construction_validates_arguments(make, exc, name):
+    with pytest.raises(exc, match=name):
+        make()
+
+
+def test_module_accepts_every_known_backend_name_at_construction():
+    """Whether a backend can run depends on the input's device (a module built on CPU may move to
+    CUDA), so a known but unavailable name is accepted here and refused at the call."""
+    for name in ("auto", "reference", "composite", "cpp", "triton"):
+        assert gf.GradResMLP(3, 4, backend=name).backend == name
+
+
+@pytest.mark.parametrize("make,attr,x", [
+    (lambda: gf.GradResMLP(4, 5), "fc1.weight", torch.randn(3, 4)),
+    (lambda: gf.GradResConv2d(2, 3), "conv1.weight", torch.randn(2, 2, 5, 5)),
+])
+def test_module_dtype_mismatch_names_the_module_and_the_fix(make, attr, x):
+    m = make()
+    with pytest.raises(TypeError) as info:
+        m(x.to(torch.bfloat16))
+    msg = str(info.value)
+    for part in (type(m).__name__, attr, "torch.bfloat16", "torch.float32", ".to(", "autocast"):
+        assert part in msg, (part, msg)
+    with pytest.raises(TypeError, match=r"\.to\(torch\.float64\)"):
+        m(x.double())
+    # the fixes the message names work
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert m(x.to(torch.bfloat16)).dtype == torch.bfloat16
+    assert m.to(torch.bfloat16)(x.to(torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_module_device_mismatch_names_the_module_and_the_fix():
+    m = gf.GradResMLP(4, 5, device="meta")
+    with pytest.raises(ValueError) as info:
+        m(torch.randn(3, 4))
+    msg = str(info.value)
+    for part in ("GradResMLP", "fc1.weight", "meta", "cpu", ".to("):
+        assert part in msg, (part, msg)
+
+
+def test_module_non_tensor_input_names_x():
+    with pytest.raises(TypeError, match="x"):
+        gf.GradResMLP(4, 5)([[1.0, 2.0, 3.0, 4.0]])
