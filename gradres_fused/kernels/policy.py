@@ -124,28 +124,28 @@ def row_bucket(rows: int) -> int:
 FUSED_KERNELS = ("mlp_fused_fwd", "mlp_fused_bwd")
 FUSED_MAX_WIDTH = 128
 _FUSED_BLOCK_M = (64, 32, 16)  # largest first: fewer programs, weights reused over more rows
-# A row tile's live fp32 elements per thread stay ≤ 64 (BLOCK_M·width / threads), so the
-# widest tiles get 8 warps and the kernel stays out of register spills.
-_FUSED_TILE_ELEMS_PER_WARP = 2048
+# Row tiles of 8192 elements (64 rows × 128) get 8 warps, so a thread holds ≤ 32 elements of each
+# row-tile intermediate and the backward (a dozen such intermediates live) stays out of spills.
+_FUSED_8_WARPS_ELEMS = 64 * FUSED_MAX_WIDTH
 
 
 # Shared bytes per row-tile element (BLOCK_M × max(BLOCK_D, BLOCK_H)) beyond the two weight tiles:
 # fitted to the compiler's metadata.shared (Triton 3.9, sm_80 and sm_90, float32 and 16-bit
-# operands, 4 and 8 warps; the largest seen is 16.5 B) and checked as an upper bound for every
-# reachable config by tests/test_triton_compile.py.
-_FUSED_ROW_TILE_BYTES = 17
+# operands, 4 and 8 warps; the largest seen: 8 B forward, 16.5 B backward) and checked as an
+# upper bound for every config the compile test builds (tests/test_triton_compile.py).
+_FUSED_ROW_TILE_BYTES = {"mlp_fused_fwd": 8, "mlp_fused_bwd": 17}
 
 
 def fused_shared_bytes(kernel: str, elem: int, block_m: int, block_d: int, block_h: int) -> int:
     """Upper estimate of a fused kernel's shared memory: tl.dot stages both weight tiles (W1 and
     W2, BLOCK_D × BLOCK_H each, in the operand dtype) and the row tiles' operands and layout
-    conversions (_FUSED_ROW_TILE_BYTES per row-tile element; the forward needs fewer, the same
-    bound is used for both)."""
-    return elem * 2 * block_d * block_h + _FUSED_ROW_TILE_BYTES * block_m * max(block_d, block_h)
+    conversions (_FUSED_ROW_TILE_BYTES per row-tile element)."""
+    return (elem * 2 * block_d * block_h
+            + _FUSED_ROW_TILE_BYTES[kernel] * block_m * max(block_d, block_h))
 
 
 def _fused_config(kernel: str, elem: int, block_m: int, block_d: int, block_h: int) -> Config:
-    warps = 8 if block_m * max(block_d, block_h) > 4 * _FUSED_TILE_ELEMS_PER_WARP else 4
+    warps = 8 if block_m * max(block_d, block_h) >= _FUSED_8_WARPS_ELEMS else 4
     return config(num_warps=warps, num_stages=1, BLOCK_M=block_m, BLOCK_D=block_d,
                   BLOCK_H=block_h)
 
@@ -162,7 +162,7 @@ def fused_mlp(kernel: str, elem: int, dim: int, hidden: int, rows: int, arch: Ar
     for block_m in _FUSED_BLOCK_M:
         if arch.row_block_cap is not None and block_m > arch.row_block_cap:
             continue
-        if block_m * width > 64 * FUSED_MAX_WIDTH:  # register budget of the widest tile
+        if block_m * width > _FUSED_8_WARPS_ELEMS:  # register budget of the widest tile
             continue
         if fused_shared_bytes(kernel, elem, block_m, block_d, block_h) <= arch.shared_bytes:
             return _fused_config(kernel, elem, block_m, block_d, block_h)
@@ -265,7 +265,7 @@ def prune(kernel: str, configs, arch: Arch, elem: int, *, dim: int = 0, hidden: 
             block_d, block_h = pow2(dim), pow2(hidden)
             fits = (fused_shared_bytes(kernel, elem, kw["BLOCK_M"], block_d, block_h)
                     <= arch.shared_bytes and kw["BLOCK_M"] * max(block_d, block_h)
-                    <= 64 * FUSED_MAX_WIDTH)
+                    <= _FUSED_8_WARPS_ELEMS)
         else:
             fits = (all(kw[name] <= max(pow2(extent), smallest(name)) for name, extent in
                         (("BLOCK_M", row_bucket(m)), ("BLOCK_N", n), ("BLOCK_K", k)))
