@@ -105,10 +105,17 @@ def _constexprs(module: str, name: str, prec, meta: dict) -> dict:
 
 def compile_one(job: dict) -> dict:
     """Compile one (module, kernel, meta, warps, stages, dtype, capability); the result as a dict."""
+    import resource
+
     import triton
     from triton.backends.compiler import GPUTarget
 
-    start = time.time()
+    def cpu_seconds():  # this process and its finished children (ptxas)
+        return (time.process_time()
+                + resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
+                + resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime)
+
+    start, cpu_start = time.time(), cpu_seconds()
     data, prec = DTYPES[job["dtype"]]
     fn = _jit_function(job["module"], job["kernel"])
     constexprs = _constexprs(job["module"], job["kernel"], prec, job["meta"])
@@ -124,6 +131,7 @@ def compile_one(job: dict) -> dict:
     except Exception as e:  # reported (with the job) by the test, not swallowed
         out["error"] = f"{type(e).__name__}: {e}"[-2000:]
     out["seconds"] = round(time.time() - start, 1)
+    out["cpu_seconds"] = round(cpu_seconds() - cpu_start, 1)
     return out
 
 
