@@ -228,3 +228,21 @@ def test_cuda_parity(monkeypatch, case, activation, detach, dtype):
     else:
         base, op = conv_inputs(3, 16, 24, 17, 13), gf.gradres_conv2d
     _compare(op, base, dtype, activation=activation, detach=detach)
+
+
+def test_autotune_pruning_glue():
+    """GRADRES_AUTOTUNE=1's prune hooks read the launch's own arguments (as Triton passes them)
+    and keep only candidates the policy allows for that shape and device."""
+    from gradres_fused.kernels import gemm, mlp_fused, policy
+
+    def triton_configs(kernel):
+        return [triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
+                for c in policy.candidates(kernel)]
+
+    a1 = torch.empty(1, dtype=torch.float16)
+    kept = gemm._prune(triton_configs(policy.GEMM), {"a1_ptr": a1, "M": 20, "N": 300, "K1": 200})
+    assert kept and all(c.kwargs["BLOCK_M"] == 64 for c in kept)  # the smallest candidate M tile
+    for stage in ("mlp_fused_fwd", "mlp_fused_bwd"):
+        kept = mlp_fused._prune(stage)(triton_configs(stage),
+                                       {"x_ptr": torch.empty(1), "D": 128, "H": 100})
+        assert kept and len(kept) <= len(policy.candidates(stage))
