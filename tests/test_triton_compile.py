@@ -50,7 +50,7 @@ ELEMENTWISE_KERNELS = {
 }
 
 
-# ---- worker side (a fresh process: no interpreter, no pytest) -------------------------------------
+# ---- worker side (a fresh process: no interpreter, no pytest) ------------------------------------
 def _jit_function(module: str, name: str):
     import importlib
 
@@ -104,7 +104,7 @@ def _constexprs(module: str, name: str, prec, meta: dict) -> dict:
 
 
 def compile_one(job: dict) -> dict:
-    """Compile one (module, kernel, meta, warps, stages, dtype, capability); the result as a dict."""
+    """Compile one job (kernel, meta, warps, stages, dtype, capability); the result as a dict."""
     import resource
 
     import triton
@@ -195,7 +195,7 @@ if __name__ == "__main__":
     main()
 
 
-# ---- test side ---------------------------------------------------------------------------------------
+# ---- test side -----------------------------------------------------------------------------------
 def test_kernels_compile_for_sm80_and_sm90_within_shared_memory():
     """Every kernel × covering config × dtype × arch compiles, with metadata.shared within the
     arch's limit and within the policy's estimate (module docstring: what is covered)."""

@@ -57,8 +57,9 @@ def _prune(configs, named_args, **kwargs):
 
 
 # Autotuning keys on the row buckets (M_KEY, K_KEY) and the kernel variant, never on exact
-# extents; M, K1, K2 are not specialised on (they may be the batch). The per-M-tile column sums (col1, col2) are sized for the smallest candidate BLOCK_M; a
-# larger tile leaves rows unwritten, so the autotuner zeroes them after timing the configs.
+# extents; M, K1, K2 are not specialised on (any of them may be the batch). The per-M-tile column
+# sums (col1, col2) are sized for the smallest candidate BLOCK_M; a larger tile leaves rows
+# unwritten, so the autotuner zeroes them after timing the configs.
 @autotuned(policy.GEMM, key=["M_KEY", "N", "K_KEY", "EPI", "DUAL", "HAS_PAIR2", "HAS_VEC"],
            prune=_prune, reset_to_zero=["col1_ptr", "col2_ptr"])
 @triton.jit(do_not_specialize=["M", "K1", "K2", "M_KEY", "K_KEY"])
@@ -163,8 +164,8 @@ def gemm(c1, pair1, pair2=None, *, epi=PLAIN, dual=False, c2=None, c3=None, vec=
         dummy if vec is None else vec, dummy if s is None else s, aux_t,
         dummy if alpha is None else alpha, dummy if col1 is None else col1,
         dummy if col2 is None else col2,
-        m, n, k1, k2, policy.row_bucket(m), policy.row_bucket(k1), *a1.stride(), *b1.stride(), *a2.stride(), *b2.stride(), *c1.stride(),
-        *aux_t.stride(),
+        m, n, k1, k2, policy.row_bucket(m), policy.row_bucket(k1),
+        *a1.stride(), *b1.stride(), *a2.stride(), *b2.stride(), *c1.stride(), *aux_t.stride(),
         EPI=epi, DUAL=dual, HAS_PAIR2=pair2 is not None, HAS_VEC=vec is not None,
         **activation_constexprs(activation), ACC=acc_dtype(a1.dtype),
         PREC=dot_precision(a1.dtype), **options)

@@ -120,7 +120,7 @@ def row_bucket(rows: int) -> int:
     return pow2(rows, floor=1)
 
 
-# ---- fully fused narrow MLP (kernels/mlp_fused.py) ------------------------------------------------
+# ---- fully fused narrow MLP (kernels/mlp_fused.py) -----------------------------------------------
 FUSED_KERNELS = ("mlp_fused_fwd", "mlp_fused_bwd")
 FUSED_MAX_WIDTH = 128
 _FUSED_BLOCK_M = (64, 32, 16)  # largest first: fewer programs, weights reused over more rows
@@ -180,7 +180,7 @@ def fused_fits(elem: int, dim: int, hidden: int, arch: Arch) -> bool:
     return True
 
 
-# ---- tiled GEMM with epilogues (kernels/gemm.py) ---------------------------------------------------
+# ---- tiled GEMM with epilogues (kernels/gemm.py) -------------------------------------------------
 GEMM = "gemm"
 _GEMM_GROUP_M = 8
 
@@ -221,7 +221,7 @@ def gemm(elem: int, m: int, n: int, k: int, arch: Arch, *, rows_in: str = "m") -
     raise ValueError(f"gemm: no pipeline depth fits {arch.name}'s shared memory")  # unreachable
 
 
-# ---- elementwise and row kernels (kernels/rows.py, kernels/conv.py) --------------------------------
+# ---- elementwise and row kernels (kernels/rows.py, kernels/conv.py) ------------------------------
 ELEMENTWISE_BLOCK = 1024
 ELEMENTWISE = config(num_warps=4, num_stages=1, BLOCK=ELEMENTWISE_BLOCK)
 
@@ -234,7 +234,7 @@ def _check(kernel: str, known, elem: int, rows: int) -> None:
     row_bucket(rows)
 
 
-# ---- autotuning (GRADRES_AUTOTUNE=1) ---------------------------------------------------------------
+# ---- autotuning (GRADRES_AUTOTUNE=1) -------------------------------------------------------------
 def candidates(kernel: str, arch: Optional[Arch] = None) -> List[Config]:
     """The configs `triton.autotune` chooses among (before `prune`); shape-independent block
     extents only: BLOCK_D/BLOCK_H of the fused kernels come from the widths at launch."""
@@ -280,7 +280,7 @@ def prune(kernel: str, configs, arch: Arch, elem: int, *, dim: int = 0, hidden: 
     return [min(configs, key=lambda c: (sorted(c.kwargs.values()), c.num_stages, c.num_warps))]
 
 
-# ---- what the ahead-of-time compile test covers ----------------------------------------------------
+# ---- what the ahead-of-time compile test covers --------------------------------------------------
 @dataclass(frozen=True)
 class Launch:
     """One (kernel, config, operand dtype, arch) the policies can produce."""
