@@ -6,21 +6,25 @@ compiler rejects, and knows nothing of shared memory. This test builds the kerne
 ran the interpreter (the interpreter patches triton.language globally), with a fresh temporary
 TRITON_CACHE_DIR (no earlier result is trusted), two compiles at a time.
 
-What is covered (the launch policy's reachable set, kernels/policy.py `reachable`, is ~1,100
-(kernel, config, dtype, arch) tuples; compiling each takes 10–100 s on one core, so the test
-builds a covering subset that fits CI's budget):
-- fused MLP forward and backward and the tiled GEMM: for each arch and each operand type the
-  backend serves — float32 with IEEE dots, float32 with TF32 dots (torch's matmul precision picks
-  one: different tl.dot code), float16, bfloat16 (different MMA instructions) — the reachable
-  config with the largest shared-memory estimate (the one nearest the arch's limit; default policy
-  and autotuner candidates alike), in the heaviest variant (second order, normalized, gelu_tanh,
-  biases; GEMM: the dual z̄ epilogue with both operand pairs);
-- every elementwise / row kernel (rows.py, conv.py) with the fixed elementwise config, float32
-  and bfloat16 data (its code has no tl.dot: dtype only changes loads and stores).
-Checked: the compiler accepts each program (through PTX and ptxas), its `metadata.shared` is within
-the arch's limit, and within the policy's estimate (the estimate the policy selects by is an upper
-bound, so the configs not compiled here are bounded by it too). GRADRES_AOT_FULL=1 compiles the
-whole reachable set instead (hours on two cores: a GPU-image check, not CI's).
+What is covered. The launch policy's reachable set (kernels/policy.py `reachable`: default
+policy and pruned autotuner candidates) is ~1,100 (kernel, config, dtype, arch) tuples and one
+compile of a wide fused kernel takes tens of CPU-seconds, so CI's run builds a covering subset:
+- fused MLP forward, fused MLP backward, tiled GEMM: for each arch and each operand type the
+  backend serves — float32 with IEEE dots and float32 with TF32 dots (torch's matmul precision
+  picks one; different tl.dot code), float16, bfloat16 (different MMA instructions) — the
+  reachable config with the largest shared-memory estimate (the one nearest the arch's limit), in
+  the heaviest variant (second order, normalized, gelu_tanh, biases; GEMM: the dual z̄ epilogue
+  with both operand pairs). bfloat16 jobs run the whole pipeline down to ptxas; the other types
+  stop after TTGIR → LLVM IR, where Triton has allocated shared memory (`metadata["shared"]` is
+  final) and where layout and lowering rejections happen;
+- every elementwise / row kernel (rows.py, conv.py) with its fixed config, float32 data for
+  sm_80 and bfloat16 data for sm_90, through LLVM IR (no tl.dot: dtype changes loads and stores).
+Not compiled here: the smaller configs and the lighter variants (first order, relu, no bias) of
+the same kernels; the check that bounds them is the estimate, asserted here to be an upper bound
+of the compiler's figure on the configs nearest the limit. GRADRES_AOT_FULL=1 compiles every
+reachable config through ptxas instead (hours on two cores: for a GPU image, not CI).
+Checked: the compiler accepts each program, its shared memory is within the arch's limit and
+within the policy's estimate.
 """
 from __future__ import annotations
 
@@ -41,6 +45,9 @@ DTYPES = {"fp32-ieee": ("fp32", "ieee"), "fp32-tf32": ("fp32", "tf32"),
 _ACC_POINTERS = {"s_ptr": "fp32", "col1_ptr": "fp32", "col2_ptr": "fp32", "w1p_ptr": "fp32",
                  "w2p_ptr": "fp32", "vecp_ptr": "fp32", "alphap_ptr": "fp64", "r_ptr": "fp32",
                  "dot_ptr": "fp32", "sbar_ptr": "fp32", "w2s_ptr": "fp32"}
+# The dtype whose jobs run the whole pipeline (PTX and ptxas) in the default covering run; the
+# others stop at LLVM IR (see the module docstring).
+FULL_PIPELINE_DTYPE = "bf16"
 _OUT_POINTER = {"row_sumsq_kernel": "fp32", "row_bwd_sums_kernel": "fp64",
                 "smap_adjoint_kernel": "fp32"}
 ELEMENTWISE_KERNELS = {
@@ -103,12 +110,36 @@ def _constexprs(module: str, name: str, prec, meta: dict) -> dict:
     return dict(heavy, **meta)
 
 
+class _LoweredToLLVM(Exception):
+    """Raised in place of PTX generation for a job compiled `through` "llir"."""
+
+
+def _stop_after_llir():
+    """Make this worker's compiles end after TTGIR → LLVM IR, where Triton allocates shared memory
+    (metadata["shared"] is final there); PTX generation and ptxas are skipped."""
+    from triton.backends.nvidia.compiler import CUDABackend
+
+    def make_ptx(self, src, metadata, *args, **kwargs):
+        raise _LoweredToLLVM(metadata["shared"])
+    CUDABackend.make_ptx = make_ptx
+
+
 def compile_one(job: dict) -> dict:
-    """Compile one job (kernel, meta, warps, stages, dtype, capability); the result as a dict."""
+    """Compile one job (kernel, meta, warps, stages, dtype, capability, through: "cubin" for the
+    whole pipeline down to ptxas, "llir" to stop once shared memory is allocated); the result as a
+    dict."""
     import resource
 
     import triton
     from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import CUDABackend
+
+    if not hasattr(CUDABackend, "_full_make_ptx"):
+        CUDABackend._full_make_ptx = CUDABackend.make_ptx
+    if job["through"] == "llir":
+        _stop_after_llir()
+    else:
+        CUDABackend.make_ptx = CUDABackend._full_make_ptx
 
     def cpu_seconds():  # this process and its finished children (ptxas)
         return (time.process_time()
@@ -128,6 +159,8 @@ def compile_one(job: dict) -> dict:
                                   options={"num_warps": job["num_warps"],
                                            "num_stages": job["num_stages"]})
         out["shared"] = compiled.metadata.shared
+    except _LoweredToLLVM as done:
+        out["shared"] = done.args[0]
     except Exception as e:  # reported (with the job) by the test, not swallowed
         out["error"] = f"{type(e).__name__}: {e}"[-2000:]
     out["seconds"] = round(time.time() - start, 1)
@@ -137,7 +170,8 @@ def compile_one(job: dict) -> dict:
 
 def jobs(full: bool = False) -> list:
     """The compile jobs: the covering subset described in the module docstring (or, full, every
-    reachable config), with the policy's shared-memory estimate and the arch's limit."""
+    reachable config through ptxas), with the policy's shared-memory estimate and the arch's
+    limit."""
     from gradres_fused.kernels import policy
 
     def estimate(launch: policy.Launch) -> int:
@@ -154,28 +188,26 @@ def jobs(full: bool = False) -> list:
         for dtype in DTYPES:
             if DTYPES[dtype][0] != launch.dtype:
                 continue
-            key = (launch.kernel, launch.arch.name, dtype) + (
-                (launch.config,) if full else ())
+            key = (launch.kernel, launch.arch.name, dtype) + ((launch.config,) if full else ())
             if key not in chosen or estimate(launch) > chosen[key][1]:
                 chosen[key] = (launch, estimate(launch))
     out = []
     for (kernel, _, dtype, *_), (launch, est) in sorted(chosen.items(), key=lambda kv: -kv[1][1]):
-        out.append(dict(module=module[kernel], kernel=f"{kernel}_kernel" if kernel != "gemm"
-                        else "gemm_kernel", meta=launch.config.kwargs,
+        out.append(dict(module=module[kernel], kernel=f"{kernel}_kernel", meta=launch.config.kwargs,
                         num_warps=launch.config.num_warps, num_stages=launch.config.num_stages,
                         dtype=dtype, capability=int(launch.arch.name[3:]),
-                        limit=launch.arch.shared_bytes, estimate=est))
-    for arch in (policy.SM80, policy.SM90):
-        for dtype in ("fp32-ieee", "bf16"):
-            for module_name, names in ELEMENTWISE_KERNELS.items():
-                for name in names:
-                    meta = ({"BLOCK_W": 128} if name == "smap_adjoint_kernel"
-                            else policy.ELEMENTWISE.kwargs)
-                    out.append(dict(module=module_name, kernel=name, meta=meta,
-                                    num_warps=policy.ELEMENTWISE.num_warps,
-                                    num_stages=policy.ELEMENTWISE.num_stages, dtype=dtype,
-                                    capability=int(arch.name[3:]), limit=arch.shared_bytes,
-                                    estimate=None))
+                        limit=launch.arch.shared_bytes, estimate=est,
+                        through="cubin" if full or dtype == FULL_PIPELINE_DTYPE else "llir"))
+    for arch, dtype in ((policy.SM80, "fp32-ieee"), (policy.SM90, "bf16")):
+        for module_name, names in ELEMENTWISE_KERNELS.items():
+            for name in names:
+                meta = ({"BLOCK_W": 128} if name == "smap_adjoint_kernel"
+                        else policy.ELEMENTWISE.kwargs)
+                out.append(dict(module=module_name, kernel=name, meta=meta,
+                                num_warps=policy.ELEMENTWISE.num_warps,
+                                num_stages=policy.ELEMENTWISE.num_stages, dtype=dtype,
+                                capability=int(arch.name[3:]), limit=arch.shared_bytes,
+                                estimate=None, through="cubin" if full else "llir"))
     return out
 
 
