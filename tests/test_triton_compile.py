@@ -17,8 +17,8 @@ compile of a wide fused kernel takes tens of CPU-seconds, so CI's run builds a c
   with both operand pairs). bfloat16 jobs run the whole pipeline down to ptxas; the other types
   stop after TTGIR → LLVM IR, where Triton has allocated shared memory (`metadata["shared"]` is
   final) and where layout and lowering rejections happen;
-- every elementwise / row kernel (rows.py, conv.py) with its fixed config, float32 data for
-  sm_80 and bfloat16 data for sm_90, through LLVM IR (no tl.dot: dtype changes loads and stores).
+- every elementwise / row kernel (rows.py, conv.py) with its fixed config, float32 and bfloat16
+  data, both archs, down to ptxas (about a CPU-second each).
 Not compiled here: the smaller configs and the lighter variants (first order, relu, no bias) of
 the same kernels; the check that bounds them is the estimate, asserted here to be an upper bound
 of the compiler's figure on the configs nearest the limit. GRADRES_AOT_FULL=1 compiles every
@@ -28,6 +28,7 @@ within the policy's estimate.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -38,7 +39,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-# Operand types: (name, pointer type of the data tensors, tl.dot input precision)
+# Operand types (kernels/policy.py OPERANDS): pointer type of the data tensors, tl.dot precision
 DTYPES = {"fp32-ieee": ("fp32", "ieee"), "fp32-tf32": ("fp32", "tf32"),
           "fp16": ("fp16", None), "bf16": ("bf16", None)}
 # Pointers that always hold accumulation-type (or float64) buffers, whatever the data dtype.
@@ -93,7 +94,11 @@ def _constexprs(module: str, name: str, prec, meta: dict) -> dict:
     heavy = dict(activation_constexprs("gelu_tanh"), ACC=tl.float32)
     if module == "mlp_fused":
         heavy.update(HAS_B1=True, NORMALIZE=True, PREC=prec)
-        heavy.update(HAS_B2=True) if name.endswith("fwd_kernel") else heavy.update(DETACH=False)
+        if name.endswith("fwd_kernel"):  # the forward has no φ'' term
+            heavy.pop("D2_ZERO")
+            heavy.update(HAS_B2=True)
+        else:
+            heavy.update(DETACH=False)
     elif module == "gemm":
         from gradres_fused.kernels import gemm
         heavy.update(EPI=gemm.ZBAR, DUAL=True, HAS_PAIR2=True, HAS_VEC=False, PREC=prec)
@@ -175,22 +180,19 @@ def jobs(full: bool = False) -> list:
     from gradres_fused.kernels import policy
 
     def estimate(launch: policy.Launch) -> int:
-        kw, e = launch.config.kwargs, policy.GPU_DTYPES[launch.dtype]
+        kw, (e, tf32) = launch.config.kwargs, policy.OPERANDS[launch.dtype]
         if launch.kernel == policy.GEMM:
             return policy.gemm_shared_bytes(e, kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"],
                                             launch.config.num_stages)
         return policy.fused_shared_bytes(launch.kernel, e, kw["BLOCK_M"], kw["BLOCK_D"],
-                                         kw["BLOCK_H"])
+                                         kw["BLOCK_H"], tf32)
 
     module = {"mlp_fused_fwd": "mlp_fused", "mlp_fused_bwd": "mlp_fused", policy.GEMM: "gemm"}
     chosen = {}
     for launch in policy.reachable():
-        for dtype in DTYPES:
-            if DTYPES[dtype][0] != launch.dtype:
-                continue
-            key = (launch.kernel, launch.arch.name, dtype) + ((launch.config,) if full else ())
-            if key not in chosen or estimate(launch) > chosen[key][1]:
-                chosen[key] = (launch, estimate(launch))
+        key = (launch.kernel, launch.arch.name, launch.dtype) + ((launch.config,) if full else ())
+        if key not in chosen or estimate(launch) > chosen[key][1]:
+            chosen[key] = (launch, estimate(launch))
     out = []
     for (kernel, _, dtype, *_), (launch, est) in sorted(chosen.items(), key=lambda kv: -kv[1][1]):
         out.append(dict(module=module[kernel], kernel=f"{kernel}_kernel", meta=launch.config.kwargs,
@@ -198,7 +200,7 @@ def jobs(full: bool = False) -> list:
                         dtype=dtype, capability=int(launch.arch.name[3:]),
                         limit=launch.arch.shared_bytes, estimate=est,
                         through="cubin" if full or dtype == FULL_PIPELINE_DTYPE else "llir"))
-    for arch, dtype in ((policy.SM80, "fp32-ieee"), (policy.SM90, "bf16")):
+    for arch, dtype in itertools.product((policy.SM80, policy.SM90), ("fp32-ieee", "bf16")):
         for module_name, names in ELEMENTWISE_KERNELS.items():
             for name in names:
                 meta = ({"BLOCK_W": 128} if name == "smap_adjoint_kernel"
@@ -207,7 +209,7 @@ def jobs(full: bool = False) -> list:
                                 num_warps=policy.ELEMENTWISE.num_warps,
                                 num_stages=policy.ELEMENTWISE.num_stages, dtype=dtype,
                                 capability=int(arch.name[3:]), limit=arch.shared_bytes,
-                                estimate=None, through="cubin" if full else "llir"))
+                                estimate=None, through="cubin"))
     return out
 
 

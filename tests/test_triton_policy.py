@@ -15,7 +15,7 @@ from gradres_fused.kernels import policy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCHS = [pytest.param(policy.SM80, id="sm80"), pytest.param(policy.SM90, id="sm90")]
-ELEMS = [pytest.param(4, id="fp32"), pytest.param(2, id="16bit")]
+OPERANDS = [pytest.param(op, id=name) for name, op in policy.OPERANDS.items()]
 WIDTHS = [1, 3, 16, 17, 64, 100, 128]
 GEMM_WIDTHS = [1, 20, 129, 300, 1024, 4096]
 # Every bucket boundary from 0 to 2^31: n − 1, n, n + 1 around each power of two.
@@ -36,9 +36,10 @@ def _check_valid(cfg, arch, estimate):
     assert estimate <= arch.shared_bytes, f"{cfg}: {estimate} B > {arch.name} {arch.shared_bytes}"
 
 
-def _fused_estimate(kernel, elem, cfg):
+def _fused_estimate(kernel, elem, cfg, tf32=False):
     kw = cfg.kwargs
-    return policy.fused_shared_bytes(kernel, elem, kw["BLOCK_M"], kw["BLOCK_D"], kw["BLOCK_H"])
+    return policy.fused_shared_bytes(kernel, elem, kw["BLOCK_M"], kw["BLOCK_D"], kw["BLOCK_H"],
+                                     tf32)
 
 
 def _gemm_estimate(elem, cfg):
@@ -60,21 +61,29 @@ def test_row_bucket_covers_0_to_2_31():
             policy.row_bucket(bad)
 
 
-@pytest.mark.parametrize("elem", ELEMS)
+@pytest.mark.parametrize("operand", OPERANDS)
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("kernel", policy.FUSED_KERNELS)
-def test_fused_configs_valid_and_monotone(kernel, arch, elem):
+def test_fused_configs_valid_and_monotone(kernel, arch, operand):
+    elem, tf32 = operand
     for dim in WIDTHS:
         for hidden in WIDTHS:
-            configs = [policy.fused_mlp(kernel, elem, dim, hidden, n, arch) for n in ROW_COUNTS]
+            try:
+                policy.fused_mlp(kernel, elem, dim, hidden, 1, arch, tf32)
+            except ValueError as e:  # no row tile fits: the width runs on the tiled path
+                assert "shared memory" in str(e)
+                assert not policy.fused_fits(elem, dim, hidden, arch, tf32)
+                continue
+            configs = [policy.fused_mlp(kernel, elem, dim, hidden, n, arch, tf32)
+                       for n in ROW_COUNTS]
             blocks = [c["BLOCK_M"] for c in configs]
             assert blocks == sorted(blocks)
             for cfg in configs:
                 assert cfg["BLOCK_D"] >= dim and cfg["BLOCK_H"] >= hidden
-                _check_valid(cfg, arch, _fused_estimate(kernel, elem, cfg))
+                _check_valid(cfg, arch, _fused_estimate(kernel, elem, cfg, tf32))
 
 
-@pytest.mark.parametrize("elem", ELEMS)
+@pytest.mark.parametrize("elem", [4, 2], ids=["fp32", "16bit"])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_gemm_configs_valid_and_monotone(arch, elem):
     for n in GEMM_WIDTHS:
@@ -118,18 +127,20 @@ def test_a100_limit_holds_where_the_old_config_did_not():
     assert cfg["BLOCK_M"] == 16
 
 
-@pytest.mark.parametrize("elem", ELEMS)
+@pytest.mark.parametrize("operand", OPERANDS)
 @pytest.mark.parametrize("arch", ARCHS)
-def test_autotune_pruning_fits(arch, elem):
+def test_autotune_pruning_fits(arch, operand):
+    elem, tf32 = operand
     for kernel in policy.FUSED_KERNELS:
         for dim in WIDTHS:
+            if not policy.fused_fits(elem, dim, 128, arch, tf32):
+                continue  # the tiled path runs this width
             kept = policy.prune(kernel, policy.candidates(kernel), arch, elem, dim=dim,
-                                hidden=128)
+                                hidden=128, tf32=tf32)
             assert kept
             for cfg in kept:
-                full = dict(cfg.kwargs, BLOCK_D=policy.pow2(dim), BLOCK_H=128)
-                assert policy.fused_shared_bytes(kernel, elem, full["BLOCK_M"], full["BLOCK_D"],
-                                                 128) <= arch.shared_bytes
+                assert policy.fused_shared_bytes(kernel, elem, cfg["BLOCK_M"], policy.pow2(dim),
+                                                 128, tf32) <= arch.shared_bytes
     for m in (1, 17, 1000, 2 ** 31):
         for n, k in ((16, 4096), (300, 200), (4096, 16)):
             kept = policy.prune(policy.GEMM, policy.candidates(policy.GEMM), arch, elem, m=m,
@@ -147,9 +158,9 @@ def test_every_reachable_launch_is_valid():
     launches = list(policy.reachable())
     assert {launch.kernel for launch in launches} == {*policy.FUSED_KERNELS, policy.GEMM}
     for launch in launches:
-        elem = policy.GPU_DTYPES[launch.dtype]
+        elem, tf32 = policy.OPERANDS[launch.dtype]
         est = (_gemm_estimate(elem, launch.config) if launch.kernel == policy.GEMM
-               else _fused_estimate(launch.kernel, elem, launch.config))
+               else _fused_estimate(launch.kernel, elem, launch.config, tf32))
         _check_valid(launch.config, launch.arch, est)
 
 
@@ -164,11 +175,23 @@ def test_bad_arguments_name_themselves():
         policy.gemm(4, 8, 8, 8, policy.SM90, rows_in="n")
 
 
-def test_small_shared_memory_sends_wide_fp32_to_the_tiled_path():
+def test_where_no_fused_row_tile_fits():
+    """Widths whose fused kernels fit no row tile run on the tiled path (mlp_fused.fits): float32
+    at D = H = 128 with TF32 dots (the backward measured 229,376 B on sm_80 and 237,568 B on
+    sm_90 at 16 rows), or float32 at 128 on a GPU with sm_86's 101,376 B; widths up to 64 fit
+    sm_80 and sm_90 with every operand type, 128 with all but TF32."""
     small = policy.Arch("sm_86", 101_376, 84)
     assert not policy.fused_fits(4, 128, 128, small)
     assert policy.fused_fits(2, 128, 128, small) and policy.fused_fits(4, 64, 64, small)
     assert policy.fused_fits(4, 128, 128, policy.SM80)
+    assert not policy.fused_fits(4, 128, 128, policy.SM80, tf32=True)
+    assert not policy.fused_fits(4, 128, 128, policy.SM90, tf32=True)
+    assert policy.fused_shared_bytes("mlp_fused_bwd", 4, 16, 128, 128, tf32=True) >= 237_568
+    for arch in (policy.SM80, policy.SM90):
+        for elem, tf32 in policy.OPERANDS.values():
+            for width in (16, 32, 64):
+                assert policy.fused_fits(elem, width, width, arch, tf32)
+            assert policy.fused_fits(elem, 128, 128, arch, tf32) == (not tf32)
 
 
 def test_policy_module_imports_without_triton():

@@ -28,11 +28,16 @@ MAX_WIDTH = policy.FUSED_MAX_WIDTH  # D and H up to this run fully fused; wider:
 
 def fits(dim: int, hidden: int, dtype: torch.dtype, device: torch.device) -> bool:
     """Whether the fused kernels take this width: D, H ≤ MAX_WIDTH and a row tile fits the
-    device's shared memory for this dtype (always true on sm_80 and sm_90)."""
+    device's shared memory for this dtype and dot precision (float32 with TF32 dots at the widest
+    widths does not, on sm_80 or sm_90: those go to the tiled path)."""
     if dim > MAX_WIDTH or hidden > MAX_WIDTH:
         return False
     elem = torch.empty((), dtype=dtype).element_size()
-    return policy.fused_fits(elem, max(dim, 1), max(hidden, 1), arch(device))
+    return policy.fused_fits(elem, max(dim, 1), max(hidden, 1), arch(device), _tf32(dtype))
+
+
+def _tf32(dtype: torch.dtype) -> bool:
+    return dot_precision(dtype) == "tf32"
 
 
 def _prune(kernel_name):
@@ -40,7 +45,7 @@ def _prune(kernel_name):
         """GRADRES_AUTOTUNE=1: the candidates whose row tile fits this width and device."""
         x = named_args["x_ptr"]
         return policy.prune(kernel_name, configs, arch(x.device), x.element_size(),
-                            dim=named_args["D"], hidden=named_args["H"])
+                            dim=named_args["D"], hidden=named_args["H"], tf32=_tf32(x.dtype))
     return prune
 
 
@@ -205,7 +210,8 @@ def _options(kernel_name, x, w1, n, activation, normalize):
                 ACC=acc_dtype(x.dtype), PREC=dot_precision(x.dtype))
     if AUTOTUNE:
         return dict(meta, BLOCK_D=pow2(dim), BLOCK_H=pow2(hidden))
-    cfg = policy.fused_mlp(kernel_name, x.element_size(), dim, hidden, n, arch(x.device))
+    cfg = policy.fused_mlp(kernel_name, x.element_size(), dim, hidden, n, arch(x.device),
+                           _tf32(x.dtype))
     return dict(meta, **launch_options(cfg))
 
 

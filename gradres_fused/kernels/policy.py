@@ -129,19 +129,23 @@ _FUSED_BLOCK_M = (64, 32, 16)  # largest first: fewer programs, weights reused o
 _FUSED_8_WARPS_ELEMS = 64 * FUSED_MAX_WIDTH
 
 
-# Shared bytes per row-tile element (BLOCK_M × max(BLOCK_D, BLOCK_H)) beyond the two weight tiles:
-# fitted to the compiler's metadata.shared (Triton 3.9, sm_80 and sm_90, float32 and 16-bit
-# operands, 4 and 8 warps; the largest seen: 8 B forward, 16.5 B backward) and checked as an
-# upper bound for every config the compile test builds (tests/test_triton_compile.py).
-_FUSED_ROW_TILE_BYTES = {"mlp_fused_fwd": 8, "mlp_fused_bwd": 17}
+# Shared bytes per row-tile element (BLOCK_M × max(BLOCK_D, BLOCK_H)) beyond the two weight tiles,
+# by (kernel, TF32 dots): fitted to the compiler's metadata.shared (Triton 3.9, sm_80 and sm_90,
+# 4 and 8 warps; largest seen — IEEE float32 and 16-bit: 8 B forward, 16.5 B backward; TF32 float32
+# dots, whose MMA operand layouts take more: 12 B forward, 52 B backward) and checked as an upper
+# bound on the configs nearest each limit by tests/test_triton_compile.py.
+_FUSED_ROW_TILE_BYTES = {("mlp_fused_fwd", False): 8, ("mlp_fused_bwd", False): 17,
+                         ("mlp_fused_fwd", True): 16, ("mlp_fused_bwd", True): 56}
 
 
-def fused_shared_bytes(kernel: str, elem: int, block_m: int, block_d: int, block_h: int) -> int:
+def fused_shared_bytes(kernel: str, elem: int, block_m: int, block_d: int, block_h: int,
+                       tf32: bool = False) -> int:
     """Upper estimate of a fused kernel's shared memory: tl.dot stages both weight tiles (W1 and
     W2, BLOCK_D × BLOCK_H each, in the operand dtype) and the row tiles' operands and layout
-    conversions (_FUSED_ROW_TILE_BYTES per row-tile element)."""
+    conversions (_FUSED_ROW_TILE_BYTES per row-tile element). `tf32`: float32 operands going to
+    TF32 dots (torch allows TF32 matmuls)."""
     return (elem * 2 * block_d * block_h
-            + _FUSED_ROW_TILE_BYTES[kernel] * block_m * max(block_d, block_h))
+            + _FUSED_ROW_TILE_BYTES[kernel, tf32] * block_m * max(block_d, block_h))
 
 
 def _fused_config(kernel: str, elem: int, block_m: int, block_d: int, block_h: int) -> Config:
@@ -150,8 +154,10 @@ def _fused_config(kernel: str, elem: int, block_m: int, block_d: int, block_h: i
                   BLOCK_H=block_h)
 
 
-def fused_mlp(kernel: str, elem: int, dim: int, hidden: int, rows: int, arch: Arch) -> Config:
-    """Config of a fused MLP kernel for rows × (D, H) operands of `elem` bytes. One config for
+def fused_mlp(kernel: str, elem: int, dim: int, hidden: int, rows: int, arch: Arch,
+              tf32: bool = False) -> Config:
+    """Config of a fused MLP kernel for rows × (D, H) operands of `elem` bytes (`tf32`: float32
+    operands going to TF32 dots). One config for
     every row count: the forward's grid grows with the rows and the backward is persistent (one
     program per SM walking the row tiles), so the tile need not follow the batch."""
     _check(kernel, FUSED_KERNELS, elem, rows)
@@ -164,17 +170,17 @@ def fused_mlp(kernel: str, elem: int, dim: int, hidden: int, rows: int, arch: Ar
             continue
         if block_m * width > _FUSED_8_WARPS_ELEMS:  # register budget of the widest tile
             continue
-        if fused_shared_bytes(kernel, elem, block_m, block_d, block_h) <= arch.shared_bytes:
+        if fused_shared_bytes(kernel, elem, block_m, block_d, block_h, tf32) <= arch.shared_bytes:
             return _fused_config(kernel, elem, block_m, block_d, block_h)
     raise ValueError(f"{kernel}: no row tile fits {arch.name}'s {arch.shared_bytes} B of shared "
                      f"memory at D={dim}, H={hidden} with {elem}-byte operands")
 
 
-def fused_fits(elem: int, dim: int, hidden: int, arch: Arch) -> bool:
+def fused_fits(elem: int, dim: int, hidden: int, arch: Arch, tf32: bool = False) -> bool:
     """Whether both fused kernels have a config for this width on this arch."""
     try:
         for kernel in FUSED_KERNELS:
-            fused_mlp(kernel, elem, dim, hidden, 1, arch)
+            fused_mlp(kernel, elem, dim, hidden, 1, arch, tf32)
     except ValueError:
         return False
     return True
@@ -251,7 +257,7 @@ def candidates(kernel: str, arch: Optional[Arch] = None) -> List[Config]:
 
 
 def prune(kernel: str, configs, arch: Arch, elem: int, *, dim: int = 0, hidden: int = 0,
-          m: int = 0, n: int = 0, k: int = 0):
+          m: int = 0, n: int = 0, k: int = 0, tf32: bool = False):
     """The candidates that fit the shape (no tile over twice the extent it covers, rows taken by
     their bucket) and the arch's shared memory. `configs` are Config or triton.Config (anything
     with .kwargs); the last-resort smallest candidate is kept if none survive."""
@@ -263,7 +269,7 @@ def prune(kernel: str, configs, arch: Arch, elem: int, *, dim: int = 0, hidden: 
         kw = cfg.kwargs
         if kernel in FUSED_KERNELS:
             block_d, block_h = pow2(dim), pow2(hidden)
-            fits = (fused_shared_bytes(kernel, elem, kw["BLOCK_M"], block_d, block_h)
+            fits = (fused_shared_bytes(kernel, elem, kw["BLOCK_M"], block_d, block_h, tf32)
                     <= arch.shared_bytes and kw["BLOCK_M"] * max(block_d, block_h)
                     <= _FUSED_8_WARPS_ELEMS)
         else:
@@ -287,11 +293,14 @@ class Launch:
 
     kernel: str
     config: Config
-    dtype: str  # "fp32" | "fp16" | "bf16"
+    dtype: str  # an OPERANDS name
     arch: Arch
 
 
-GPU_DTYPES = {"fp32": 4, "fp16": 2, "bf16": 2}
+# Operand types the backend serves on a GPU: (element bytes, TF32 dots). float32 goes to IEEE or
+# TF32 dots as torch's matmul precision says (different code and shared memory).
+OPERANDS = {"fp32-ieee": (4, False), "fp32-tf32": (4, True), "fp16": (2, False),
+            "bf16": (2, False)}
 _WIDTHS = (16, 32, 64, 128)  # every pow2 block extent a fused width can take
 
 
@@ -307,14 +316,16 @@ def reachable(archs=(SM80, SM90)) -> Iterator[Launch]:
             yield launch
 
     for arch in archs:
-        for dtype, elem in GPU_DTYPES.items():
+        for dtype, (elem, tf32) in OPERANDS.items():
             for kernel in FUSED_KERNELS:
                 for block_d in _WIDTHS:
                     for block_h in _WIDTHS:
+                        if not fused_fits(elem, block_d, block_h, arch, tf32):
+                            continue  # the tiled path runs this width
                         yield from emit(Launch(kernel, fused_mlp(kernel, elem, block_d, block_h,
-                                                                 1, arch), dtype, arch))
+                                                                 1, arch, tf32), dtype, arch))
                         for cfg in prune(kernel, candidates(kernel), arch, elem, dim=block_d,
-                                         hidden=block_h):
+                                         hidden=block_h, tf32=tf32):
                             full = _fused_config(kernel, elem, cfg["BLOCK_M"], block_d, block_h)
                             full = Config(full.meta, cfg.num_warps, cfg.num_stages)
                             yield from emit(Launch(kernel, full, dtype, arch))
