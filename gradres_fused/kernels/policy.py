@@ -3,20 +3,20 @@ kernel launch, as a pure function of the problem. Plain Python: importing this m
 neither Triton nor CUDA, so the policy is tested directly on any machine.
 
 Default: a deterministic heuristic, no benchmarking at run time. Each config is a function of
-(kernel, element size, the model's widths D/H/K, the *bucketed* row count, the arch's shared
-memory per block and SM count). The row count (the batch: N rows of an MLP, or the M or K extent
+(kernel, operand type — element size, and for float32 whether dots run as TF32 —, the model's
+widths D/H/K, the *bucketed* row count, the arch's shared memory per block and SM count). The row count (the batch: N rows of an MLP, or the M or K extent
 of a GEMM that runs over rows) enters only through `row_bucket`, the power of two at or above it,
 and the kernels mark their row-count arguments `do_not_specialize`, so Triton's own
 specialisation (on an integer being 1 or a multiple of 16) does not multiply compiled variants
 either.
 
-Bound: for one model (widths, dtype, activation, mode, device), each kernel launch site compiles
-at most `MAX_VARIANTS` = 4 specialisations over any sequence of batch sizes — a training loop over
-100 distinct batch sizes included — because the policy maps every row count to one of at most that
-many configs (tests/test_triton_policy.py checks it over N = 0…2^31). The fused MLP kernels, the
-row passes and the conv stages use one config whatever the batch (1 variant); only the tiled
-GEMM's tiles follow the row bucket (BLOCK_M ∈ {16, 32, 64, 128} when rows are its M extent,
-BLOCK_K ∈ {16, 32, 64} when rows are its reduction extent).
+Bound: for one model (widths, dtype, activation, mode, device, torch's TF32 setting), each kernel
+launch site compiles at most `MAX_VARIANTS` = 4 specialisations over any sequence of batch sizes —
+a training loop over 100 distinct batch sizes included — because the policy maps every row count
+to one of at most that many configs (tests/test_triton_policy.py checks it over N = 0…2^31). The
+fused MLP kernels, the row passes and the conv stages use one config whatever the batch (1
+variant); only the tiled GEMM's tiles follow the row bucket (BLOCK_M ∈ {16, 32, 64, 128} when rows
+are its M extent, BLOCK_K ∈ {16, 32, 64} when rows are its reduction extent).
 
 Opt-in autotuning: GRADRES_AUTOTUNE=1 (read once, when this module is imported) wraps the fused MLP
 and GEMM kernels in `triton.autotune` over `candidates(kernel)`, keyed on the row bucket (never the
@@ -25,8 +25,9 @@ disk. Its cost: every new (bucket, width, dtype) key compiles and times every su
 (seconds per key, once per cache directory).
 
 Shared memory: every config either policy can return fits the arch's per-block limit by
-`shared_bytes`, an upper estimate of what Triton allocates (checked against the compiler's own
-`metadata.shared` for sm_80 and sm_90 by tests/test_triton_compile.py).
+`fused_shared_bytes` / `gemm_shared_bytes`, upper estimates of what Triton allocates (checked
+against the compiler's own `metadata.shared` for sm_80 and sm_90 by
+tests/test_triton_compile.py); a fused width no row tile fits runs on the tiled path.
 """
 from __future__ import annotations
 
@@ -54,7 +55,6 @@ class Arch:
 
 SM80 = Arch("sm_80", 166_912, 108)  # A100
 SM90 = Arch("sm_90", 232_448, 132)  # H100 / H200
-ARCHS = {80: SM80, 90: SM90}
 # Triton's interpreter on CPU: no shared memory limit, three "SMs" so persistent kernels run
 # several programs, 16-row tiles so the tests' small batches still span several tiles.
 INTERPRETER = Arch("interpreter", 1 << 40, 3, row_block_cap=16)
