@@ -129,10 +129,10 @@ def gemm_kernel(
                 z_bar += acc2 * s[None, :] * act_d2(z, ACT)
             tl.store(c2_ptr + c_offs, (d1 * s[None, :]).to(out_ty), mask=cmask)
             s_part = tl.sum(tl.where(cmask, acc2 * d1, 0.0), axis=0)
-            tl.store(col2_ptr + pid_m * N + rn, s_part, mask=nmask)
+            tl.store(col2_ptr + pid_m.to(tl.int64) * N + rn, s_part, mask=nmask)
         z_bar = tl.where(cmask, z_bar, 0.0)
         tl.store(c1_ptr + c_offs, z_bar.to(out_ty), mask=cmask)
-        tl.store(col1_ptr + pid_m * N + rn, tl.sum(z_bar, axis=0), mask=nmask)
+        tl.store(col1_ptr + pid_m.to(tl.int64) * N + rn, tl.sum(z_bar, axis=0), mask=nmask)
     else:  # XBAR: aux = ȳ
         m = tl.sigmoid(tl.load(alpha_ptr).to(ACC))
         yb = tl.load(aux_ptr + rm64[:, None] * sxm + rn64[None, :] * sxn, mask=cmask,
