@@ -8,7 +8,8 @@ and 20/80% quantiles, ratio over `plain` and over eager `reference`, the largest
 y and every gradient against eager `reference`, memory kept for backward (any device) and peak
 memory (GPU), and on GPU the % of roofline from docs/DESIGN.md §2's GEMM count and the compulsory bytes
 against a matmul and a copy measured in the same run. Peers are timed round-robin so drift hits
-all alike.
+all alike. On GPU the `triton` rows also record `first_call_ms`: the first training step at a batch
+size not seen before (after warm-up), i.e. what the Triton launch policy costs a new batch size.
 
 Writes bench/results/<device>-<YYYYMMDD>.json (or --out), a markdown table and a PNG chart beside it.
 """
@@ -94,6 +95,18 @@ def _peers(case: Case, device, dtype, compile_: bool) -> Tuple[Dict, Dict]:
     return peers, skipped
 
 
+def first_call_new_batch(wl, tier, dtype, device, activation, detach) -> Tuple[int, float]:
+    """(batch, ms): one `triton` training step at a batch size this process has not run (one
+    less than the workload's; call after its warm-up), timed on its first call — what a new batch
+    size costs under the Triton launch policy (a compile only in a new row bucket, never a
+    benchmark)."""
+    shape = wl.shapes[tier]
+    batch = max(1, shape[0] - 1)
+    case = wl.build((batch,) + tuple(shape[1:]), dtype, device, activation, detach)
+    fwd = case.forward("triton")
+    return batch, time_once(lambda: _step(fwd, case), device)
+
+
 def measure_case(wl, tier, dtype, device, activation, detach, args, ceil,
                  progress: str = "") -> List[dict]:
     torch.manual_seed(0)
@@ -121,6 +134,11 @@ def measure_case(wl, tier, dtype, device, activation, detach, args, ceil,
         for k, f in peers.items():
             fwd[k].append(time_once(lambda: fwd_only(f), device))
             step[k].append(time_once(lambda: _step(f, case), device))
+    new_batch = None
+    if ("triton", False) in peers and device.type == "cuda":
+        new_batch = first_call_new_batch(wl, tier, dtype, device, activation, detach)
+        print(f"triton first call at a new batch size {new_batch[0]}: {new_batch[1]:.1f} ms",
+              flush=True)
     base = statistics.median(step[("plain", False)])
     ref = statistics.median(step[("reference", False)])
     common = {"workload": wl.name, "shape": wl.describe(tier), "tier": tier,
@@ -143,6 +161,8 @@ def measure_case(wl, tier, dtype, device, activation, detach, args, ceil,
                        roofline_pct=(roofline_pct(sq["median"], flops, case.min_bytes, ceil)
                                      if ceil else None),
                        max_rel_err=errs[k])
+        if k == ("triton", False) and new_batch is not None:
+            row.update(first_call_batch=new_batch[0], first_call_ms=new_batch[1])
         rows.append(row)
         print_row(row, progress)
     return rows

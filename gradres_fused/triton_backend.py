@@ -1,11 +1,17 @@
 """The `triton` backend: custom ops gradres_fused::triton_{mlp,conv}_{fwd,bwd} over the Triton
 kernels in gradres_fused.kernels (docs/DESIGN.md §3), same schemas as the cpp ops (fused_op).
 
-MLP rows take one of two kernel paths, chosen from (D, H) so fake and real kernels agree:
-- "fused": D, H ≤ 128 — the whole block in one kernel per row tile (kernels/mlp_fused.py); the
-  forward stores only y and the backward recomputes z, a, ĝ from x;
+MLP rows take one of two kernel paths, chosen from (D, H, dtype, device) so fake and real kernels
+agree:
+- "fused": D, H ≤ 128 and a row tile fits the device's shared memory — the whole block in one
+  kernel per row tile (kernels/mlp_fused.py); the forward stores only y and the backward
+  recomputes z, a, ĝ from x;
 - "tiled": GEMMs with fused epilogues (kernels/gemm.py); the forward keeps z, a, ĝ, r.
-GRADRES_TRITON_MLP=fused|tiled|auto overrides the choice (benchmarks, tests of both paths).
+GRADRES_TRITON_MLP=fused|tiled|auto overrides the choice (benchmarks, tests of both paths). The
+forward decides once and its saved tensors record the decision (`saved_path`): the backward reads
+it from there, never from the environment, so a forward and its backward always agree.
+
+Launch configs come from the launch policy (kernels/policy.py; GRADRES_AUTOTUNE=1 to autotune).
 
 Triton runs on CUDA devices. On CPU it runs only under its interpreter (TRITON_INTERPRET=1 set
 before gradres_fused is imported): slow, for the test suite; `auto` never picks it there.
@@ -30,18 +36,27 @@ PATH_VAR = "GRADRES_TRITON_MLP"
 OPS = {"mlp": "triton_mlp", "conv2d": "triton_conv"}
 
 
-def mlp_path(dim: int, hidden: int) -> str:
-    """'fused' or 'tiled' for an MLP block of width D = dim, H = hidden."""
+def mlp_path(dim: int, hidden: int, dtype: torch.dtype = torch.float32,
+             device: torch.device = torch.device("cpu")) -> str:
+    """'fused' or 'tiled' for an MLP block of width D = dim, H = hidden in `dtype` on `device`.
+    Called by the forward only (real and fake kernels); the backward uses `saved_path`."""
     choice = os.environ.get(PATH_VAR, "auto").strip() or "auto"
     if choice not in ("auto", "fused", "tiled"):
         raise ValueError(f"{PATH_VAR}: expected 'auto', 'fused' or 'tiled', got {choice!r}")
-    fits = mlp_fused.fits(dim, hidden)
+    fits = mlp_fused.fits(dim, hidden, dtype, device)
     if choice == "fused" and not fits:
         raise ValueError(f"{PATH_VAR}=fused: the fused MLP kernel takes D, H ≤ "
-                         f"{mlp_fused.MAX_WIDTH}, got D={dim}, H={hidden}")
+                         f"{mlp_fused.MAX_WIDTH} with a row tile in the device's shared memory, "
+                         f"got D={dim}, H={hidden}, {dtype}")
     if choice == "auto":
         return "fused" if fits else "tiled"
     return choice
+
+
+def saved_path(z: torch.Tensor) -> str:
+    """The path the forward took, read from what it saved: the fused forward saves 1-D
+    placeholders (`_empty`), the tiled one z of shape (N, H)."""
+    return "fused" if z.dim() == 1 else "tiled"
 
 
 def interpreted() -> bool:
@@ -84,7 +99,7 @@ def _empty(x):
 def _mlp_saved(x, w1, normalize):
     n, dim = x.shape
     hidden = w1.shape[0]
-    if mlp_path(dim, hidden) == "fused":  # recomputed by the backward: placeholders only
+    if mlp_path(dim, hidden, x.dtype, x.device) == "fused":  # the backward recomputes: placeholders
         return _empty(x), _empty(x), _empty(x), _empty(x)
     return (x.new_empty((n, hidden)), x.new_empty((n, hidden)), x.new_empty((n, dim)),
             x.new_empty((n if normalize else 0,), dtype=common.acc_torch_dtype(x.dtype)))
@@ -97,14 +112,14 @@ def _conv_saved(x, w1, normalize):
 
 
 def _mlp_fwd(x, w1, b1, w2, b2, alpha, activation, normalize, eps, detach):
-    if mlp_path(x.shape[1], w1.shape[0]) == "fused":
+    if mlp_path(x.shape[1], w1.shape[0], x.dtype, x.device) == "fused":
         y = mlp_fused.mlp_fwd(x, w1, b1, w2, b2, alpha, activation, normalize, eps)
         return (y, _empty(x), _empty(x), _empty(x), _empty(x))
     return gemm.mlp_fwd(x, w1, b1, w2, b2, alpha, activation, normalize, eps)
 
 
 def _mlp_bwd(y_bar, x, w1, b1, w2, alpha, z, a, g_hat, r, activation, normalize, eps, detach):
-    if mlp_path(x.shape[1], w1.shape[0]) == "fused":
+    if saved_path(z) == "fused":
         return mlp_fused.mlp_bwd(y_bar, x, w1, b1, w2, alpha, activation, normalize, eps, detach)
     return gemm.mlp_bwd(y_bar, x, w1, b1, w2, alpha, z, a, g_hat, r, activation, normalize,
                         detach)

@@ -19,7 +19,8 @@ from conftest import (ACTIVATIONS, assert_compiled_matches_eager, compare_with_r
 triton = pytest.importorskip("triton")
 import triton.language as tl  # noqa: E402
 
-from gradres_fused.kernels.activations import CODES, act_d1, act_d2, act_fn  # noqa: E402
+from gradres_fused.kernels.activations import (CODES, act_d1, act_d2, act_fn,  # noqa: E402
+                                               activation_constexprs)
 
 pytestmark = pytest.mark.skipif(
     "triton" not in gf.available_backends(),
@@ -91,19 +92,54 @@ def test_path_selection(monkeypatch):
         triton_backend.mlp_path(4, 4)
 
 
+@pytest.mark.parametrize("first", ["fused", "tiled"])
+def test_backward_takes_the_forward_path(monkeypatch, first):
+    """The path is decided once, by the forward, and recorded in what it saves: changing
+    GRADRES_TRITON_MLP between forward and backward does not change the backward's kernels."""
+    from gradres_fused.kernels import gemm, mlp_fused
+
+    other = {"fused": "tiled", "tiled": "fused"}[first]
+    inputs = leaves(mlp_inputs(21, 12, 18, dtype=torch.float64), DEVICE)
+    monkeypatch.setenv(triton_backend.PATH_VAR, first)
+    y = gf.gradres_mlp(*inputs, backend="triton", activation="silu")
+    monkeypatch.setenv(triton_backend.PATH_VAR, other)
+
+    def wrong_path(*args, **kwargs):
+        raise AssertionError(f"the backward ran the {other} kernels after a {first} forward")
+
+    monkeypatch.setattr(gemm if other == "tiled" else mlp_fused, "mlp_bwd", wrong_path)
+    proj = torch.randn_like(y)
+    got = torch.autograd.grad((y * proj).sum(), inputs)
+    ref_inputs = leaves(inputs)
+    want = torch.autograd.grad((gf.gradres_mlp(*ref_inputs, backend="reference",
+                                               activation="silu") * proj).sum(), ref_inputs)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_kernel_constexprs_come_from_the_table():
+    """Kernel activation codes cover exactly the table, and D2_ZERO is the table's d2_is_zero."""
+    assert set(CODES) == set(gf.ACTIVATIONS)
+    for name, entry in gf.ACTIVATIONS.items():
+        assert activation_constexprs(name) == {"ACT": CODES[name], "D2_ZERO": entry.d2_is_zero}
+
+
 @triton.jit
-def _table_kernel(z_ptr, out_ptr, n, ACT: tl.constexpr, BLOCK: tl.constexpr):
+def _table_kernel(z_ptr, out_ptr, n, ACT: tl.constexpr, D2_ZERO: tl.constexpr,
+                  BLOCK: tl.constexpr):
     offs = tl.arange(0, BLOCK)
     mask = offs < n
     z = tl.load(z_ptr + offs, mask=mask, other=0.0)
     tl.store(out_ptr + offs, act_fn(z, ACT), mask=mask)
     tl.store(out_ptr + n + offs, act_d1(z, ACT), mask=mask)
-    tl.store(out_ptr + 2 * n + offs, act_d2(z, ACT), mask=mask)
+    if not D2_ZERO:  # as every kernel does: φ'' ≡ 0 has no kernel code
+        tl.store(out_ptr + 2 * n + offs, act_d2(z, ACT), mask=mask)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 def test_kernel_activation_table(dtype):
-    """Each kernel φ, φ', φ'' against gradres_fused.activations (the table), scaled abs error."""
+    """Each kernel φ, φ', φ'' against gradres_fused.activations (the table), scaled abs error;
+    where the table says φ'' ≡ 0 (d2_is_zero) the kernels have no φ'' and the table's is zero."""
     if dtype == torch.float64 and DEVICE == "cuda":
         pytest.skip("float64 kernels are an interpreter-only check")
     z = torch.cat([torch.randn(1000, dtype=dtype) * 3, torch.randn(24, dtype=dtype) * 1e-3,
@@ -111,8 +147,10 @@ def test_kernel_activation_table(dtype):
     n = z.numel()
     out = torch.empty(3 * n, dtype=dtype, device=DEVICE)
     tol = 1e-12 if dtype == torch.float64 else 1e-5
-    for name, code in CODES.items():
-        _table_kernel[(1,)](z, out, n, ACT=code, BLOCK=triton.next_power_of_2(n))
+    for name in CODES:
+        out.zero_()
+        _table_kernel[(1,)](z, out, n, **activation_constexprs(name),
+                            BLOCK=triton.next_power_of_2(n))
         entry = gf.ACTIVATIONS[name]
         for k, fn in enumerate((entry.fn, entry.d1, entry.d2)):
             want = fn(z.double()).to(dtype)
@@ -190,3 +228,21 @@ def test_cuda_parity(monkeypatch, case, activation, detach, dtype):
     else:
         base, op = conv_inputs(3, 16, 24, 17, 13), gf.gradres_conv2d
     _compare(op, base, dtype, activation=activation, detach=detach)
+
+
+def test_autotune_pruning_glue():
+    """GRADRES_AUTOTUNE=1's prune hooks read the launch's own arguments (as Triton passes them)
+    and keep only candidates the policy allows for that shape and device."""
+    from gradres_fused.kernels import gemm, mlp_fused, policy
+
+    def triton_configs(kernel):
+        return [triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
+                for c in policy.candidates(kernel)]
+
+    a1 = torch.empty(1, dtype=torch.float16)
+    kept = gemm._prune(triton_configs(policy.GEMM), {"a1_ptr": a1, "M": 20, "N": 300, "K1": 200})
+    assert kept and all(c.kwargs["BLOCK_M"] == 64 for c in kept)  # the smallest candidate M tile
+    for stage in ("mlp_fused_fwd", "mlp_fused_bwd"):
+        kept = mlp_fused._prune(stage)(triton_configs(stage),
+                                       {"x_ptr": torch.empty(1), "D": 128, "H": 100})
+        assert kept and len(kept) <= len(policy.candidates(stage))

@@ -1,6 +1,6 @@
 """φ, φ', φ'' for the Triton kernels: the closed forms of `gradres_fused.activations`, selected by
-a compile-time code, so every kernel is specialised to one activation and relu's φ'' = 0 terms are
-removed at compile time (`D2_IS_ZERO`).
+a compile-time code, so every kernel is specialised to one activation; the kernels' `D2_ZERO`
+constexpr comes from the table's `d2_is_zero` and removes the φ'' terms at compile time.
 
 The table in gradres_fused/activations.py is the source of truth; these functions implement the
 same formulas and the tests compare every kernel against the reference built on that table.
@@ -18,8 +18,17 @@ import numpy as np
 import triton
 import triton.language as tl
 
-# Compile-time activation codes (the names of gradres_fused.activations.ACTIVATIONS).
+from ..activations import get_activation
+
+# Compile-time activation codes: which closed form below implements each table entry (the keys
+# are exactly the names of gradres_fused.activations.ACTIVATIONS; a test checks it).
 CODES = {"relu": 0, "gelu": 1, "gelu_tanh": 2, "silu": 3, "tanh": 4, "sin": 5}
+
+
+def activation_constexprs(name: str) -> dict:
+    """The kernels' activation constexprs from the table entry: ACT (the closed form) and
+    D2_ZERO (φ'' ≡ 0: the table's d2_is_zero)."""
+    return {"ACT": CODES[get_activation(name).name], "D2_ZERO": get_activation(name).d2_is_zero}
 
 
 def _split(c: float):
@@ -119,10 +128,10 @@ def act_d1(z, ACT: tl.constexpr):
 
 @triton.jit
 def act_d2(z, ACT: tl.constexpr):
-    """φ''(z); relu's is zero and callers skip it at compile time."""
-    if ACT == 0:
-        out = z * 0.0
-    elif ACT == 1:
+    """φ''(z) of the activations whose φ'' is not identically zero; callers skip the φ'' terms
+    at compile time when D2_ZERO (table: d2_is_zero), so relu has no branch here."""
+    tl.static_assert(ACT != 0, "relu: φ'' ≡ 0, callers must skip it (D2_ZERO)")
+    if ACT == 1:
         out = _normal_pdf(z) * (2.0 - z * z)
     elif ACT == 2:
         t = _gelu_tanh_t(z)

@@ -1,5 +1,5 @@
 """Launch helpers shared by the kernel families: interpreter detection, dtype and dot-precision
-constants, and autotuning that degrades to one fixed config under the interpreter."""
+constants, and the launch policy's glue to Triton (kernels/policy.py decides; this applies)."""
 from __future__ import annotations
 
 import os
@@ -7,6 +7,8 @@ import os
 import torch
 import triton
 import triton.language as tl
+
+from . import policy
 
 # triton.jit reads TRITON_INTERPRET when a kernel is decorated, i.e. when this package is imported.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -44,25 +46,40 @@ def dot_precision(dtype: torch.dtype):
 
 def pow2(n: int, floor: int = 16) -> int:
     """Block extent covering n: a power of two ≥ 16 (tl.dot's smallest tile on NVIDIA GPUs)."""
-    return max(floor, triton.next_power_of_2(max(int(n), 1)))
+    return policy.pow2(n, floor)
+
+
+def arch(device: torch.device) -> policy.Arch:
+    """The launch policy's view of `device` (the interpreter's on CPU)."""
+    return policy.device_arch(device, INTERPRET)
 
 
 def num_programs(device: torch.device, tiles: int) -> int:
-    """Persistent grid size: one program per SM on GPU (a handful under the interpreter, so the
+    """Persistent grid size: one program per SM (three under the interpreter, so the
     cross-program reduction is exercised by the tests)."""
-    if device.type == "cuda":
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-    else:
-        sms = 3
-    return max(1, min(tiles, sms))
+    return max(1, min(tiles, arch(device).sm_count))
 
 
-def tuned(configs, key, **autotune_options):
-    """triton.autotune on GPU; under the interpreter, the first config applied as fixed meta
-    parameters (autotuning would time every config with CUDA events)."""
+def launch_options(config: policy.Config) -> dict:
+    """A policy Config as kernel launch keywords (constexpr blocks, num_warps, num_stages)."""
+    return dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+
+
+def autotuned(kernel_name: str, key, prune, **autotune_options):
+    """GRADRES_AUTOTUNE=1 (and not the interpreter): triton.autotune over the policy's candidates
+    for `kernel_name`, keyed on `key` (row buckets, never exact row counts), pruned by `prune`
+    (shape and the device's shared memory), timings cached on disk (`cache_results`, Triton ≥ 3.4).
+    Otherwise the kernel is returned as it is and every launch passes the policy's config."""
     def wrap(kernel):
-        if not INTERPRET:
-            return triton.autotune(configs=configs, key=key, **autotune_options)(kernel)
-        return triton.heuristics({k: (lambda v: (lambda args: v))(v)
-                                  for k, v in configs[0].kwargs.items()})(kernel)
+        if not AUTOTUNE:
+            return kernel
+        configs = [triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
+                   for c in policy.candidates(kernel_name)]
+        return triton.autotune(configs=configs, key=key,
+                               prune_configs_by={"early_config_prune": prune},
+                               cache_results=True, **autotune_options)(kernel)
     return wrap
+
+
+# The interpreter times nothing (no CUDA events): autotuning is a GPU-only opt-in.
+AUTOTUNE = policy.AUTOTUNE and not INTERPRET

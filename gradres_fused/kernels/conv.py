@@ -17,10 +17,11 @@ import triton.language as tl
 from torch.nn.grad import conv2d_input, conv2d_weight
 
 from . import rows
-from .activations import CODES, act_d1, act_d2, act_fn
-from .common import acc_dtype, acc_torch_dtype, alpha_grad
+from .activations import CODES, act_d1, act_d2, act_fn, activation_constexprs
+from .common import acc_dtype, acc_torch_dtype, alpha_grad, launch_options
+from .policy import ELEMENTWISE
 
-BLOCK = 1024
+BLOCK = ELEMENTWISE["BLOCK"]
 
 
 @triton.jit
@@ -62,7 +63,7 @@ def smap_adjoint_kernel(sbar_ptr, out_ptr, H, W, KH, KW, ACC: tl.constexpr,
     tl.store(out_ptr + pid, tl.sum(acc, axis=0))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["TOTAL"])
 def hidden_kernel(z_ptr, s_ptr, a_ptr, d_ptr, TOTAL, PLANE, ACT: tl.constexpr,
                   ACC: tl.constexpr, BLOCK: tl.constexpr):
     """a = φ(z), d = φ'(z)·S over flat z (N·Cm·H·W); S repeats every PLANE = Cm·H·W elements."""
@@ -74,7 +75,7 @@ def hidden_kernel(z_ptr, s_ptr, a_ptr, d_ptr, TOTAL, PLANE, ACT: tl.constexpr,
     tl.store(d_ptr + offs, (act_d1(z, ACT) * s).to(d_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def zbar_kernel(abar_ptr, dbar_ptr, z_ptr, s_ptr, zbar_ptr, d_ptr, sbar_ptr, N, PLANE,
                 SECOND: tl.constexpr, ACT: tl.constexpr, D2_ZERO: tl.constexpr,
                 ACC: tl.constexpr, BLOCK: tl.constexpr):
@@ -101,7 +102,7 @@ def zbar_kernel(abar_ptr, dbar_ptr, z_ptr, s_ptr, zbar_ptr, d_ptr, sbar_ptr, N, 
         tl.store(sbar_ptr + p, s_bar, mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["TOTAL"])
 def skip_grad_kernel(xbar_ptr, ybar_ptr, alpha_ptr, TOTAL, ACC: tl.constexpr,
                      BLOCK: tl.constexpr):
     """x̄ += (1 − m)·ȳ in place (m read on device: no host sync)."""
@@ -123,7 +124,8 @@ def smap(w2, h: int, w: int):
     w2s = w2.sum(0, dtype=acc_torch_dtype(w2.dtype)).contiguous()
     s = w2s.new_empty((cm, h, w))
     smap_kernel[(triton.cdiv(s.numel(), BLOCK),)](w2s, s, cm, h, w, kh, kw,
-                                                 ACC=acc_dtype(w2.dtype), BLOCK=BLOCK)
+                                                 ACC=acc_dtype(w2.dtype),
+                                                 **launch_options(ELEMENTWISE))
     return s
 
 
@@ -146,7 +148,7 @@ def conv_fwd(x, w1, b1, w2, b2, alpha, activation: str, normalize: bool, eps: fl
     if z.numel():
         hidden_kernel[(triton.cdiv(z.numel(), BLOCK),)](
             z, s, a, d, z.numel(), s.numel(), ACT=CODES[activation], ACC=acc_dtype(x.dtype),
-            BLOCK=BLOCK)
+            **launch_options(ELEMENTWISE))
     f = F.conv2d(a, w2, b2, padding=_pad(w2)).contiguous()
     g = F.conv_transpose2d(d, w1, padding=_pad(w1)).contiguous()
     y, g_hat, r = rows.norm_mix(f, x, g, alpha, normalize, eps)
@@ -167,8 +169,8 @@ def conv_bwd(y_bar, x, w1, b1, w2, alpha, z, a, g_hat, r, activation: str, norma
     plane = s.numel()
     zbar_kernel[(triton.cdiv(plane, BLOCK),)](
         a_bar, a_bar if detach else d_bar, z, s, z_bar, z_bar if detach else d, s_bar,
-        x.shape[0], plane, SECOND=not detach, ACT=CODES[activation],
-        D2_ZERO=activation == "relu", ACC=acc_dtype(x.dtype), BLOCK=BLOCK)
+        x.shape[0], plane, SECOND=not detach, **activation_constexprs(activation),
+        ACC=acc_dtype(x.dtype), **launch_options(ELEMENTWISE))
     w2_bar = conv2d_weight(a, w2.shape, y_bar, padding=_pad(w2))
     if detach:
         w1_bar = conv2d_weight(x, w1.shape, z_bar, padding=_pad(w1))
@@ -179,7 +181,8 @@ def conv_bwd(y_bar, x, w1, b1, w2, alpha, z, a, g_hat, r, activation: str, norma
     x_bar = conv2d_input(x.shape, w1, z_bar, padding=_pad(w1)).contiguous()
     if x_bar.numel():
         skip_grad_kernel[(triton.cdiv(x_bar.numel(), BLOCK),)](
-            x_bar, y_bar, alpha, x_bar.numel(), ACC=acc_dtype(x.dtype), BLOCK=BLOCK)
+            x_bar, y_bar, alpha, x_bar.numel(), ACC=acc_dtype(x.dtype),
+            **launch_options(ELEMENTWISE))
     acc = acc_torch_dtype(x.dtype)
     return (x_bar, w1_bar, z_bar.sum((0, 2, 3), dtype=acc).to(w1.dtype), w2_bar,
             y_bar.sum((0, 2, 3), dtype=acc).to(w2.dtype), alpha_grad(alpha, alpha_sum))

@@ -14,6 +14,11 @@ Epilogues (EPI):
   4 XBAR    x̄ = C + (1−m)·ȳ
 Operands go to tl.dot in the input dtype (bf16/fp16 tensor cores, fp32 as TF32 only when torch
 allows it) with float32 accumulation; epilogue math in the accumulation type.
+
+Tiles come from the launch policy (kernels/policy.py `gemm`): the batch is the M extent of the
+activation GEMMs and the K extent of the weight-gradient GEMMs, and enters only as its row bucket;
+the exact extents are `do_not_specialize`, so a new batch size compiles nothing new in a seen
+bucket.
 """
 from __future__ import annotations
 
@@ -21,18 +26,12 @@ import torch
 import triton
 import triton.language as tl
 
-from .activations import CODES, act_d1, act_d2, act_fn
-from .common import INTERPRET, acc_dtype, acc_torch_dtype, alpha_grad, dot_precision, tuned
-from . import rows
+from .activations import act_d1, act_d2, act_fn, activation_constexprs
+from .common import (AUTOTUNE, acc_dtype, acc_torch_dtype, alpha_grad, arch, autotuned,
+                     dot_precision, launch_options)
+from . import policy, rows
 
 PLAIN, HIDDEN, FG, ZBAR, XBAR = range(5)
-
-_CONFIGS = [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 4},
-                          num_warps=4, num_stages=1)] if INTERPRET else [
-    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8},
-                  num_warps=w, num_stages=st)
-    for bm, bn, bk, w, st in ((128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (64, 128, 64, 4, 4),
-                              (128, 64, 64, 4, 4), (64, 64, 32, 4, 4), (128, 128, 32, 8, 4))]
 
 
 @triton.jit
@@ -50,14 +49,24 @@ def _tile_loop(acc, a_ptr, b_ptr, K, sam, sak, sbk, sbn, rm64, rn64, mmask, nmas
     return acc
 
 
-# The per-M-tile column sums (col1, col2) are sized for the smallest BLOCK_M; a larger tile leaves
-# rows unwritten, so the autotuner zeroes them after timing the configs (which all write them).
-@tuned(_CONFIGS, key=["M", "N", "K1", "K2"], reset_to_zero=["col1_ptr", "col2_ptr"])
-@triton.jit
+def _prune(configs, named_args, **kwargs):
+    """GRADRES_AUTOTUNE=1: the candidates that fit this launch's extents and device."""
+    a1 = named_args["a1_ptr"]
+    return policy.prune(policy.GEMM, configs, arch(a1.device), a1.element_size(),
+                        m=named_args["M"], n=named_args["N"], k=max(named_args["K1"], 1))
+
+
+# Autotuning keys on the row buckets (M_KEY, K_KEY) and the kernel variant, never on exact
+# extents; M, K1, K2 are not specialised on (any of them may be the batch). The per-M-tile column
+# sums (col1, col2) are sized for the smallest candidate BLOCK_M; a larger tile leaves rows
+# unwritten, so the autotuner zeroes them after timing the configs.
+@autotuned(policy.GEMM, key=["M_KEY", "N", "K_KEY", "EPI", "DUAL", "HAS_PAIR2", "HAS_VEC"],
+           prune=_prune, reset_to_zero=["col1_ptr", "col2_ptr"])
+@triton.jit(do_not_specialize=["M", "K1", "K2", "M_KEY", "K_KEY"])
 def gemm_kernel(
         a1_ptr, b1_ptr, a2_ptr, b2_ptr, c1_ptr, c2_ptr, c3_ptr,
         vec_ptr, s_ptr, aux_ptr, alpha_ptr, col1_ptr, col2_ptr,
-        M, N, K1, K2,
+        M, N, K1, K2, M_KEY, K_KEY,
         sa1m, sa1k, sb1k, sb1n, sa2m, sa2k, sb2k, sb2n, scm, scn, sxm, sxn,
         EPI: tl.constexpr, DUAL: tl.constexpr, HAS_PAIR2: tl.constexpr, HAS_VEC: tl.constexpr,
         ACT: tl.constexpr, D2_ZERO: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
@@ -120,10 +129,10 @@ def gemm_kernel(
                 z_bar += acc2 * s[None, :] * act_d2(z, ACT)
             tl.store(c2_ptr + c_offs, (d1 * s[None, :]).to(out_ty), mask=cmask)
             s_part = tl.sum(tl.where(cmask, acc2 * d1, 0.0), axis=0)
-            tl.store(col2_ptr + pid_m * N + rn, s_part, mask=nmask)
+            tl.store(col2_ptr + pid_m.to(tl.int64) * N + rn, s_part, mask=nmask)
         z_bar = tl.where(cmask, z_bar, 0.0)
         tl.store(c1_ptr + c_offs, z_bar.to(out_ty), mask=cmask)
-        tl.store(col1_ptr + pid_m * N + rn, tl.sum(z_bar, axis=0), mask=nmask)
+        tl.store(col1_ptr + pid_m.to(tl.int64) * N + rn, tl.sum(z_bar, axis=0), mask=nmask)
     else:  # XBAR: aux = ȳ
         m = tl.sigmoid(tl.load(alpha_ptr).to(ACC))
         yb = tl.load(aux_ptr + rm64[:, None] * sxm + rn64[None, :] * sxn, mask=cmask,
@@ -131,15 +140,23 @@ def gemm_kernel(
         tl.store(c1_ptr + c_offs, (acc1 + (1.0 - m) * yb).to(out_ty), mask=cmask)
 
 
+def config(a, m: int, n: int, k: int, rows_in: str = "m") -> policy.Config:
+    """The default policy's tiles for C[m, n] = A[m, k]·B (A the tensor giving dtype and device)."""
+    return policy.gemm(a.element_size(), m, n, k, arch(a.device), rows_in=rows_in)
+
+
 def gemm(c1, pair1, pair2=None, *, epi=PLAIN, dual=False, c2=None, c3=None, vec=None, s=None,
-         aux=None, alpha=None, col1=None, col2=None, activation="relu"):
-    """Launch gemm_kernel. pair = (A, B) as 2-D views (A: M×K, B: K×N, any strides)."""
+         aux=None, alpha=None, col1=None, col2=None, activation="relu", rows_in="m", cfg=None):
+    """Launch gemm_kernel. pair = (A, B) as 2-D views (A: M×K, B: K×N, any strides); `rows_in`
+    names the extent that is the batch; `cfg` the policy config when the caller already chose it
+    (the column-sum buffers are sized by its BLOCK_M)."""
     a1, b1 = pair1
     m, k1 = a1.shape
     n = b1.shape[1]
     a2, b2 = pair2 if pair2 is not None else (a1, b1)
     k2 = a2.shape[1] if pair2 is not None else 0
     dummy = c1
+    options = {} if AUTOTUNE else launch_options(cfg or config(a1, m, n, k1, rows_in))
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
     aux_t = aux if aux is not None else c1
     gemm_kernel[grid](
@@ -147,16 +164,19 @@ def gemm(c1, pair1, pair2=None, *, epi=PLAIN, dual=False, c2=None, c3=None, vec=
         dummy if vec is None else vec, dummy if s is None else s, aux_t,
         dummy if alpha is None else alpha, dummy if col1 is None else col1,
         dummy if col2 is None else col2,
-        m, n, k1, k2, *a1.stride(), *b1.stride(), *a2.stride(), *b2.stride(), *c1.stride(),
-        *aux_t.stride(),
+        m, n, k1, k2, policy.row_bucket(m), policy.row_bucket(k1),
+        *a1.stride(), *b1.stride(), *a2.stride(), *b2.stride(), *c1.stride(), *aux_t.stride(),
         EPI=epi, DUAL=dual, HAS_PAIR2=pair2 is not None, HAS_VEC=vec is not None,
-        ACT=CODES[activation], D2_ZERO=activation == "relu", ACC=acc_dtype(a1.dtype),
-        PREC=dot_precision(a1.dtype))
+        **activation_constexprs(activation), ACC=acc_dtype(a1.dtype),
+        PREC=dot_precision(a1.dtype), **options)
 
 
-def _col_tiles(m: int) -> int:
-    """Rows of the per-M-tile column-sum buffers: enough for the smallest BLOCK_M tried."""
-    return triton.cdiv(max(m, 1), min(c.kwargs["BLOCK_M"] for c in _CONFIGS))
+def _col_tiles(m: int, cfg: policy.Config) -> int:
+    """Rows of the per-M-tile column-sum buffers: one per M tile of `cfg` (autotuning: of the
+    smallest candidate BLOCK_M, the autotuner zeroing what a larger tile leaves unwritten)."""
+    block_m = (min(c["BLOCK_M"] for c in policy.candidates(policy.GEMM)) if AUTOTUNE
+               else cfg["BLOCK_M"])
+    return triton.cdiv(max(m, 1), block_m)
 
 
 def mlp_fwd(x, w1, b1, w2, b2, alpha, activation: str, normalize: bool, eps: float):
@@ -186,7 +206,8 @@ def mlp_bwd(y_bar, x, w1, b1, w2, alpha, z, a, g_hat, r, activation: str, normal
     alpha_sum, g_bar = rows.bwd_rows(y_bar, g_hat, x.contiguous(), r, alpha, normalize, detach)
     z_bar = torch.empty_like(z)
     d = None if detach else torch.empty_like(z)
-    tiles = _col_tiles(n)
+    zbar_cfg = config(y_bar, n, hidden, dim)
+    tiles = _col_tiles(n, zbar_cfg)
     col1 = x.new_zeros((tiles, hidden), dtype=acc)
     col2 = None if detach else x.new_zeros((tiles, hidden), dtype=acc)
     x_bar = torch.empty_like(y_bar)
@@ -196,11 +217,11 @@ def mlp_bwd(y_bar, x, w1, b1, w2, alpha, z, a, g_hat, r, activation: str, normal
     s_bar = None
     if n:
         gemm(z_bar, (y_bar, w2), None if detach else (g_bar, w1.t()), epi=ZBAR, dual=True,
-             c2=d, s=s, aux=z, col1=col1, col2=col2, activation=activation)
+             c2=d, s=s, aux=z, col1=col1, col2=col2, activation=activation, cfg=zbar_cfg)
         gemm(x_bar, (z_bar, w1), epi=XBAR, aux=y_bar, alpha=alpha)
-        gemm(w1_bar, (z_bar.t(), x), None if detach else (d.t(), g_bar))
+        gemm(w1_bar, (z_bar.t(), x), None if detach else (d.t(), g_bar), rows_in="k")
         s_bar = None if detach else col2.sum(0)
-        gemm(w2_bar, (y_bar.t(), a), epi=PLAIN, vec=s_bar)
+        gemm(w2_bar, (y_bar.t(), a), epi=PLAIN, vec=s_bar, rows_in="k")
     else:
         w1_bar.zero_()
         w2_bar.zero_()

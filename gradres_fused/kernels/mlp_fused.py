@@ -8,6 +8,9 @@ Backward: a persistent grid (one program per SM) walks the row tiles, recomputes
 x (cheaper than storing and re-reading N×H intermediates: the block is bandwidth-bound at these
 widths), writes x̄ per tile and accumulates W̄1, W̄2, b̄1, b̄2, s̄, ᾱ in registers; each program
 stores one partial and the host sums the partials (deterministic: no atomics). docs/DESIGN.md §2 formulas.
+
+Row tiles come from the launch policy (kernels/policy.py `fused_mlp`): one config per width and
+dtype whatever the batch; N is `do_not_specialize`, so a new batch size compiles nothing.
 """
 from __future__ import annotations
 
@@ -15,19 +18,35 @@ import torch
 import triton
 import triton.language as tl
 
-from .activations import CODES, act_d1, act_d2, act_fn
-from .common import (acc_dtype, acc_torch_dtype, alpha_grad, dot_precision, num_programs,
-                     pow2, tuned)
+from .activations import act_d1, act_d2, act_fn, activation_constexprs
+from .common import (AUTOTUNE, acc_dtype, acc_torch_dtype, alpha_grad, arch, autotuned,
+                     dot_precision, launch_options, num_programs, pow2)
+from . import policy
 
-MAX_WIDTH = 128  # D and H up to this run fully fused; wider blocks take the tiled GEMM path
-
-
-def fits(dim: int, hidden: int) -> bool:
-    return dim <= MAX_WIDTH and hidden <= MAX_WIDTH
+MAX_WIDTH = policy.FUSED_MAX_WIDTH  # D and H up to this run fully fused; wider: tiled GEMM path
 
 
-_CONFIGS = [triton.Config({"BLOCK_M": bm}, num_warps=w, num_stages=1)
-            for bm, w in ((16, 4), (32, 4), (64, 4), (32, 8), (64, 8), (128, 8))]
+def fits(dim: int, hidden: int, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether the fused kernels take this width: D, H ≤ MAX_WIDTH and a row tile fits the
+    device's shared memory for this dtype and dot precision (float32 with TF32 dots at the widest
+    widths does not, on sm_80 or sm_90: those go to the tiled path)."""
+    if dim > MAX_WIDTH or hidden > MAX_WIDTH:
+        return False
+    elem = torch.empty((), dtype=dtype).element_size()
+    return policy.fused_fits(elem, max(dim, 1), max(hidden, 1), arch(device), _tf32(dtype))
+
+
+def _tf32(dtype: torch.dtype) -> bool:
+    return dot_precision(dtype) == "tf32"
+
+
+def _prune(kernel_name):
+    def prune(configs, named_args, **kwargs):
+        """GRADRES_AUTOTUNE=1: the candidates whose row tile fits this width and device."""
+        x = named_args["x_ptr"]
+        return policy.prune(kernel_name, configs, arch(x.device), x.element_size(),
+                            dim=named_args["D"], hidden=named_args["H"], tf32=_tf32(x.dtype))
+    return prune
 
 
 @triton.jit
@@ -69,11 +88,11 @@ def _normalize(g, rmask, eps, NORMALIZE: tl.constexpr):
     return g / r[:, None], r
 
 
-@tuned(_CONFIGS, key=["D", "H"])
-@triton.jit
+@autotuned("mlp_fused_fwd", key=["ROWS_KEY", "D", "H"], prune=_prune("mlp_fused_fwd"))
+@triton.jit(do_not_specialize=["N", "ROWS_KEY"])
 def mlp_fused_fwd_kernel(
         x_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, alpha_ptr, y_ptr,
-        N, D, H, eps,
+        N, ROWS_KEY, D, H, eps,
         sxn, sxd, sw1h, sw1d, sw2d, sw2h, syn, syd,
         ACT: tl.constexpr, HAS_B1: tl.constexpr, HAS_B2: tl.constexpr,
         NORMALIZE: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
@@ -102,12 +121,13 @@ def mlp_fused_fwd_kernel(
              mask=xmask)
 
 
-@tuned(_CONFIGS, key=["D", "H"])
-@triton.jit
+@autotuned("mlp_fused_bwd", key=["ROWS_KEY", "D", "H", "DETACH"],
+           prune=_prune("mlp_fused_bwd"))
+@triton.jit(do_not_specialize=["N", "ROWS_KEY"])
 def mlp_fused_bwd_kernel(
         ybar_ptr, x_ptr, w1_ptr, b1_ptr, w2_ptr, alpha_ptr,
         xbar_ptr, w1p_ptr, w2p_ptr, vecp_ptr, alphap_ptr,
-        N, D, H, eps,
+        N, ROWS_KEY, D, H, eps,
         sbn, sbd, sxn, sxd, sw1h, sw1d, sw2d, sw2h, son, sod,
         ACT: tl.constexpr, HAS_B1: tl.constexpr, NORMALIZE: tl.constexpr,
         DETACH: tl.constexpr, D2_ZERO: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
@@ -182,9 +202,17 @@ def mlp_fused_bwd_kernel(
     tl.store(alphap_ptr + pid, tl.sum(acc_alpha, axis=0))
 
 
-def _meta(x, w1, activation, normalize):
-    return dict(ACT=CODES[activation], NORMALIZE=normalize, ACC=acc_dtype(x.dtype),
-                PREC=dot_precision(x.dtype), BLOCK_D=pow2(x.shape[1]), BLOCK_H=pow2(w1.shape[0]))
+def _options(kernel_name, x, w1, n, activation, normalize):
+    """Constexprs and launch options: the policy's config (BLOCK_M, BLOCK_D, BLOCK_H, warps,
+    stages), or under GRADRES_AUTOTUNE=1 only BLOCK_D/BLOCK_H (the autotuner picks the rest)."""
+    dim, hidden = x.shape[1], w1.shape[0]
+    meta = dict(ACT=activation_constexprs(activation)["ACT"], NORMALIZE=normalize,
+                ACC=acc_dtype(x.dtype), PREC=dot_precision(x.dtype))
+    if AUTOTUNE:
+        return dict(meta, BLOCK_D=pow2(dim), BLOCK_H=pow2(hidden))
+    cfg = policy.fused_mlp(kernel_name, x.element_size(), dim, hidden, n, arch(x.device),
+                           _tf32(x.dtype))
+    return dict(meta, **launch_options(cfg))
 
 
 def mlp_fwd(x, w1, b1, w2, b2, alpha, activation: str, normalize: bool, eps: float):
@@ -197,8 +225,9 @@ def mlp_fwd(x, w1, b1, w2, b2, alpha, activation: str, normalize: bool, eps: flo
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_M"]),)  # noqa: E731
     mlp_fused_fwd_kernel[grid](
         x, w1, w1 if b1 is None else b1, w2, w2 if b2 is None else b2, alpha, y,
-        n, dim, hidden, eps, *x.stride(), *w1.stride(), *w2.stride(), *y.stride(),
-        HAS_B1=b1 is not None, HAS_B2=b2 is not None, **_meta(x, w1, activation, normalize))
+        n, policy.row_bucket(n), dim, hidden, eps, *x.stride(), *w1.stride(), *w2.stride(),
+        *y.stride(), HAS_B1=b1 is not None, HAS_B2=b2 is not None,
+        **_options("mlp_fused_fwd", x, w1, n, activation, normalize))
     return y
 
 
@@ -209,6 +238,7 @@ def mlp_bwd(y_bar, x, w1, b1, w2, alpha, activation: str, normalize: bool, eps: 
     hidden = w1.shape[0]
     acc = acc_torch_dtype(x.dtype)
     x_bar = torch.empty_like(x, memory_format=torch.contiguous_format)
+    # Sized for the smallest row tile any config uses: programs without a tile store zeros.
     progs = num_programs(x.device, triton.cdiv(max(n, 1), 16))
     w1p = x.new_empty((progs, hidden, dim), dtype=acc)
     w2p = x.new_empty((progs, dim, hidden), dtype=acc)
@@ -220,9 +250,10 @@ def mlp_bwd(y_bar, x, w1, b1, w2, alpha, activation: str, normalize: bool, eps: 
     else:
         mlp_fused_bwd_kernel[(progs,)](
             y_bar, x, w1, w1 if b1 is None else b1, w2, alpha, x_bar, w1p, w2p, vecp, alphap,
-            n, dim, hidden, eps, *y_bar.stride(), *x.stride(), *w1.stride(), *w2.stride(),
-            *x_bar.stride(), HAS_B1=b1 is not None, DETACH=detach,
-            D2_ZERO=activation == "relu", **_meta(x, w1, activation, normalize))
+            n, policy.row_bucket(n), dim, hidden, eps, *y_bar.stride(), *x.stride(),
+            *w1.stride(), *w2.stride(), *x_bar.stride(), HAS_B1=b1 is not None, DETACH=detach,
+            D2_ZERO=activation_constexprs(activation)["D2_ZERO"],
+            **_options("mlp_fused_bwd", x, w1, n, activation, normalize))
     vec = vecp.sum(0)
     b1_bar, b2_bar, s_bar = vec[:hidden], vec[hidden:hidden + dim], vec[hidden + dim:]
     w2_bar = w2p.sum(0)

@@ -1,6 +1,8 @@
 """Per-sample (row) stages shared by the tiled MLP and the conv block: a sample is one row of
-length L (D for the MLP, C·H·W for conv). Two-stage reductions: a (row, chunk) grid writes partial
-sums, the host adds the few chunk partials per row (deterministic), an elementwise pass finishes.
+length L (D for the MLP, C·H·W for conv). Two-stage reductions: one program per (row, chunk) writes
+a partial sum, the host adds the few chunk partials per row (deterministic), an elementwise pass
+finishes. The (row, chunk) grid is flattened onto grid axis 0 (limit 2^31 − 1 programs): a 2-D
+grid would cap the chunks of one row at 65,535, i.e. samples at 2^26 elements.
 
     forward:  Σ g²  →  r = sqrt(Σ g² + eps²)  →  y = F + (1−m)x + m·g/r,  ĝ = g/r
     backward: Σ ȳ(ĝ − x) (for ᾱ) and Σ ĝ·ȳ  →  ḡ = m(ȳ − ĝ⟨ĝ, ȳ⟩)/r   (second-order mode)
@@ -11,9 +13,17 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import acc_dtype, acc_torch_dtype
+from .common import acc_dtype, acc_torch_dtype, launch_options
+from .policy import ELEMENTWISE
 
-BLOCK = 1024
+BLOCK = ELEMENTWISE["BLOCK"]
+
+
+@triton.jit
+def _program(NCHUNK):
+    """(row, chunk) of this program in the flattened grid."""
+    pid = tl.program_id(0)
+    return pid // NCHUNK, pid % NCHUNK
 
 
 @triton.jit
@@ -25,16 +35,16 @@ def _chunk(row, chunk, L, BLOCK: tl.constexpr):
 
 @triton.jit
 def row_sumsq_kernel(g_ptr, out_ptr, L, NCHUNK, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    row, chunk = tl.program_id(0), tl.program_id(1)
+    row, chunk = _program(NCHUNK)
     offs, mask = _chunk(row, chunk, L, BLOCK)
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(ACC)
-    tl.store(out_ptr + row * NCHUNK + chunk, tl.sum(g * g, axis=0))
+    tl.store(out_ptr + tl.program_id(0), tl.sum(g * g, axis=0))  # part[row, chunk]
 
 
 @triton.jit
-def row_mix_kernel(f_ptr, x_ptr, g_ptr, r_ptr, alpha_ptr, y_ptr, ghat_ptr, L,
+def row_mix_kernel(f_ptr, x_ptr, g_ptr, r_ptr, alpha_ptr, y_ptr, ghat_ptr, L, NCHUNK,
                    NORMALIZE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    row, chunk = tl.program_id(0), tl.program_id(1)
+    row, chunk = _program(NCHUNK)
     offs, mask = _chunk(row, chunk, L, BLOCK)
     m = tl.sigmoid(tl.load(alpha_ptr).to(ACC))
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(ACC)
@@ -50,22 +60,22 @@ def row_mix_kernel(f_ptr, x_ptr, g_ptr, r_ptr, alpha_ptr, y_ptr, ghat_ptr, L,
 def row_bwd_sums_kernel(ybar_ptr, ghat_ptr, x_ptr, out_ptr, L, NCHUNK,
                         ACC: tl.constexpr, BLOCK: tl.constexpr):
     """out[row, chunk] = (Σ ȳ(ĝ − x), Σ ĝȳ) over the chunk."""
-    row, chunk = tl.program_id(0), tl.program_id(1)
+    row, chunk = _program(NCHUNK)
     offs, mask = _chunk(row, chunk, L, BLOCK)
     yb = tl.load(ybar_ptr + offs, mask=mask, other=0.0).to(ACC)
     gh = tl.load(ghat_ptr + offs, mask=mask, other=0.0).to(ACC)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
-    base = out_ptr + (row * NCHUNK + chunk) * 2
+    base = out_ptr + tl.program_id(0).to(tl.int64) * 2  # part[row, chunk, :]
     # ᾱ is one full reduction that may cancel: sum the products in float64 (as composite does).
     tl.store(base, tl.sum((yb * (gh - x)).to(tl.float64), axis=0))
     tl.store(base + 1, tl.sum(gh * yb, axis=0).to(tl.float64))
 
 
 @triton.jit
-def row_gbar_kernel(ybar_ptr, ghat_ptr, dot_ptr, r_ptr, alpha_ptr, gbar_ptr, L,
+def row_gbar_kernel(ybar_ptr, ghat_ptr, dot_ptr, r_ptr, alpha_ptr, gbar_ptr, L, NCHUNK,
                     NORMALIZE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     """ḡ = (ḡ̂ − ĝ⟨ĝ, ḡ̂⟩)/r with ḡ̂ = mȳ (normalize=False: ḡ = mȳ)."""
-    row, chunk = tl.program_id(0), tl.program_id(1)
+    row, chunk = _program(NCHUNK)
     offs, mask = _chunk(row, chunk, L, BLOCK)
     m = tl.sigmoid(tl.load(alpha_ptr).to(ACC))
     g_bar = m * tl.load(ybar_ptr + offs, mask=mask, other=0.0).to(ACC)
@@ -93,10 +103,11 @@ def norm_mix(f, x, g, alpha, normalize: bool, eps: float):
         return y, g_hat, r
     if normalize:
         part = g.new_empty((n, chunks), dtype=r.dtype)
-        row_sumsq_kernel[(n, chunks)](g, part, length, chunks, ACC=acc, BLOCK=BLOCK)
+        row_sumsq_kernel[(n * chunks,)](g, part, length, chunks, ACC=acc,
+                                        **launch_options(ELEMENTWISE))
         r = torch.sqrt(part.sum(1) + eps * eps)
-    row_mix_kernel[(n, chunks)](f, x, g, r, alpha, y, g_hat, length, NORMALIZE=normalize,
-                                ACC=acc, BLOCK=BLOCK)
+    row_mix_kernel[(n * chunks,)](f, x, g, r, alpha, y, g_hat, length, chunks,
+                                  NORMALIZE=normalize, ACC=acc, **launch_options(ELEMENTWISE))
     return y, g_hat, r
 
 
@@ -108,13 +119,13 @@ def bwd_rows(y_bar, g_hat, x, r, alpha, normalize: bool, detach: bool):
         return torch.zeros((), dtype=torch.float64, device=x.device), (
             None if detach else torch.empty_like(x))
     part = x.new_empty((n, chunks, 2), dtype=torch.float64)
-    row_bwd_sums_kernel[(n, chunks)](y_bar, g_hat, x, part, length, chunks, ACC=acc,
-                                     BLOCK=BLOCK)
+    row_bwd_sums_kernel[(n * chunks,)](y_bar, g_hat, x, part, length, chunks, ACC=acc,
+                                       **launch_options(ELEMENTWISE))
     alpha_sum = part[..., 0].sum()
     if detach:
         return alpha_sum, None
     g_bar = torch.empty_like(x)
     dot = part[..., 1].sum(1).to(r.dtype if normalize else torch.float32)
-    row_gbar_kernel[(n, chunks)](y_bar, g_hat, dot, r, alpha, g_bar, length,
-                                 NORMALIZE=normalize, ACC=acc, BLOCK=BLOCK)
+    row_gbar_kernel[(n * chunks,)](y_bar, g_hat, dot, r, alpha, g_bar, length, chunks,
+                                   NORMALIZE=normalize, ACC=acc, **launch_options(ELEMENTWISE))
     return alpha_sum, g_bar
