@@ -7,6 +7,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -15,6 +16,34 @@ namespace {
 
 // Rows per task: enough work per chunk to amortize the thread hand-off.
 int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(cols, 1)); }
+
+// The reductions over rows (ᾱ, column sums) split the rows into chunks that depend only on the
+// shape, never on the thread count, and keep one partial per chunk, added up in chunk order:
+// results are bit-identical for any number of threads. (Partials indexed by at::get_thread_num(),
+// as at::parallel_reduce does, would also overrun a buffer sized by at::get_num_threads() when the
+// OpenMP team running at::parallel_for's region — this library's runtime — is larger than the
+// count torch's runtime reports, e.g. with an Intel-OpenMP torch.)
+constexpr int64_t kMaxChunks = 64;           // enough tasks for the threads of one machine
+constexpr int64_t kMaxPartials = 1 << 22;    // doubles of per-chunk partials (32 MiB) at most
+
+struct RowChunks {
+  int64_t rows, count;
+  // `width`: partials per chunk (1 for a scalar sum, the column count for column sums).
+  RowChunks(int64_t rows, int64_t cols, int64_t width) : rows(rows) {
+    const int64_t by_work = (rows + row_grain(cols) - 1) / row_grain(cols);
+    count = std::max<int64_t>(
+        1, std::min({by_work, kMaxChunks, kMaxPartials / std::max<int64_t>(width, 1)}));
+  }
+  int64_t begin(int64_t c) const { return rows * c / count; }
+  int64_t end(int64_t c) const { return rows * (c + 1) / count; }
+  // f(chunk, first_row, end_row) for every chunk, chunks spread over the threads.
+  template <typename F>
+  void for_each(const F& f) const {
+    at::parallel_for(0, count, 1, [&](int64_t b, int64_t e) {
+      for (int64_t c = b; c < e; ++c) f(c, begin(c), end(c));
+    });
+  }
+};
 
 template <typename T>
 T sigmoid_of(const Tensor& alpha) {
@@ -91,9 +120,10 @@ void mix_bwd_cpu(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x, cons
   const scalar_t* rp = (normalize && !detach) ? r.data_ptr<scalar_t>() : nullptr;
   scalar_t* gb = detach ? nullptr : g_bar.data_ptr<scalar_t>();
   scalar_t* xc = detach ? nullptr : x_copy.data_ptr<scalar_t>();
-  const double total = at::parallel_reduce(
-      0, rows, row_grain(Q), 0.0,
-      [&](int64_t b, int64_t e, double part) {
+  const RowChunks chunks(rows, Q, 1);
+  std::vector<double> chunk_sum(static_cast<size_t>(chunks.count), 0.0);  // Σ ȳ(ĝ − x) per chunk
+  chunks.for_each([&](int64_t c, int64_t b, int64_t e) {
+        double part = 0;
         for (int64_t n = b; n < e; ++n) {
           const int64_t o = n * Q;
           double row = 0, dot_d = 0;  // Σ ȳ(ĝ − x) and ĝ·ȳ of this row
@@ -132,9 +162,10 @@ void mix_bwd_cpu(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x, cons
             }
           }
         }
-        return part;
-      },
-      std::plus<double>());
+        chunk_sum[c] = part;
+      });
+  double total = 0;
+  for (const double part : chunk_sum) total += part;
   alpha_bar.fill_(double(m) * (1.0 - double(m)) * total);
 }
 
@@ -150,14 +181,17 @@ void act_bwd_cpu(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar, cons
   const scalar_t* sp = s.data_ptr<scalar_t>();
   scalar_t* zb = z_bar.data_ptr<scalar_t>();
   scalar_t* dp = detach ? nullptr : d.data_ptr<scalar_t>();
-  // Column sums: each chunk of rows (≤ row_grain) sums in acc_t (same type as the loop, so it
-  // vectorizes), then adds its sums into its thread's double partials, added up after the pass.
-  const int threads = at::get_num_threads();
+  // Column sums: rows go in blocks of ≤ row_grain rows, each summed in acc_t (the loop's type, so
+  // it vectorizes) and then added into its chunk's double partials; the chunks' partials are
+  // added up in chunk order after the pass.
   const int64_t nsum = detach ? 1 : 2;
-  std::vector<double> partial(static_cast<size_t>(threads) * nsum * P, 0.0);
-  at::parallel_for(0, rows, row_grain(P), [&](int64_t b, int64_t e) {
-    std::vector<acc_t> chunk(static_cast<size_t>(nsum * P), acc_t(0));
-    acc_t* __restrict zc = chunk.data();
+  const RowChunks chunks(rows, P, nsum * P);
+  const int64_t grain = row_grain(P);
+  std::vector<double> partial(static_cast<size_t>(chunks.count * nsum * P), 0.0);
+  chunks.for_each([&](int64_t c, int64_t chunk_begin, int64_t chunk_end) {
+    std::vector<acc_t> block(static_cast<size_t>(nsum * P));
+    double* mine = partial.data() + c * nsum * P;
+    acc_t* __restrict zc = block.data();
     acc_t* __restrict sc = zc + (detach ? 0 : P);
     const scalar_t* __restrict zr = zp;
     const scalar_t* __restrict abr = ab;
@@ -165,40 +199,42 @@ void act_bwd_cpu(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar, cons
     const scalar_t* __restrict sr = sp;
     scalar_t* __restrict zbr = zb;
     scalar_t* __restrict dr = dp;
-    for (int64_t n = b; n < e; ++n) {
-      const int64_t o = n * P;
-      if (detach) {
+    for (int64_t b = chunk_begin; b < chunk_end; b += grain) {
+      std::fill(block.begin(), block.end(), acc_t(0));
+      for (int64_t n = b; n < std::min(b + grain, chunk_end); ++n) {
+        const int64_t o = n * P;
+        if (detach) {
+#pragma omp simd
+          for (int64_t p = 0; p < P; ++p) {
+            const acc_t v = zr[o + p];
+            const acc_t zbar = acc_t(abr[o + p]) * Ops::d1(v);
+            zbr[o + p] = scalar_t(zbar);
+            zc[p] += zbar;
+          }
+          continue;
+        }
 #pragma omp simd
         for (int64_t p = 0; p < P; ++p) {
           const acc_t v = zr[o + p];
-          const acc_t zbar = acc_t(abr[o + p]) * Ops::d1(v);
+          const acc_t d1 = Ops::d1(v), dbar = dbr[o + p], sv = sr[p];
+          acc_t zbar = acc_t(abr[o + p]) * d1;
+          if (!Ops::kD2IsZero) zbar += dbar * sv * Ops::d2(v);
           zbr[o + p] = scalar_t(zbar);
+          dr[o + p] = scalar_t(d1 * sv);
           zc[p] += zbar;
+          sc[p] += dbar * d1;
         }
-        continue;
       }
-#pragma omp simd
-      for (int64_t p = 0; p < P; ++p) {
-        const acc_t v = zr[o + p];
-        const acc_t d1 = Ops::d1(v), dbar = dbr[o + p], sv = sr[p];
-        acc_t zbar = acc_t(abr[o + p]) * d1;
-        if (!Ops::kD2IsZero) zbar += dbar * sv * Ops::d2(v);
-        zbr[o + p] = scalar_t(zbar);
-        dr[o + p] = scalar_t(d1 * sv);
-        zc[p] += zbar;
-        sc[p] += dbar * d1;
-      }
+      for (int64_t i = 0; i < nsum * P; ++i) mine[i] += double(block[i]);
     }
-    double* mine = partial.data() + static_cast<size_t>(at::get_thread_num()) * nsum * P;
-    for (int64_t i = 0; i < nsum * P; ++i) mine[i] += double(chunk[i]);
   });
   scalar_t* zcs = zbar_colsum.data_ptr<scalar_t>();
   scalar_t* scs = detach ? nullptr : s_bar.data_ptr<scalar_t>();
   for (int64_t p = 0; p < P; ++p) {
     double zs = 0, ss = 0;
-    for (int t = 0; t < threads; ++t) {
-      zs += partial[(static_cast<size_t>(t) * nsum) * P + p];
-      if (!detach) ss += partial[(static_cast<size_t>(t) * nsum + 1) * P + p];
+    for (int64_t c = 0; c < chunks.count; ++c) {
+      zs += partial[(c * nsum) * P + p];
+      if (!detach) ss += partial[(c * nsum + 1) * P + p];
     }
     zcs[p] = scalar_t(zs);
     if (!detach) scs[p] = scalar_t(ss);

@@ -94,6 +94,34 @@ def test_conv_empty_batch_gradients_are_zero():
 
 
 @pytest.mark.parametrize("detach", [True, False], ids=["detach", "second_order"])
+def test_reductions_are_bit_identical_for_any_thread_count(detach):
+    """ᾱ and the column sums (b̄1) split the rows into chunks fixed by the shape, not by the thread
+    count. With W1 = W2 = I every GEMM before those reductions is exact (products with 0 and 1),
+    so any difference between thread counts would come from the reductions' grouping."""
+    n, dim = 20000, 16  # several row chunks at this width
+    x = torch.randn(n, dim, dtype=torch.float64)
+    eye = torch.eye(dim, dtype=torch.float64)
+    b1, b2, alpha = torch.randn(dim, dtype=torch.float64), None, torch.tensor([0.3],
+                                                                               dtype=torch.float64)
+    args = ("silu", True, 1e-6, detach)
+    _, z, a, g_hat, r = ops.mlp_fwd(x, eye, b1, eye, b2, alpha, *args)
+    y_bar = torch.randn_like(x)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            _, _, b1_bar, _, _, alpha_bar = ops.mlp_bwd(y_bar, x, eye, b1, eye, alpha, z, a, g_hat,
+                                                        r, *args)
+            results.append((b1_bar, alpha_bar))
+    finally:
+        torch.set_num_threads(threads)
+    for b1_bar, alpha_bar in results[1:]:
+        assert torch.equal(b1_bar, results[0][0])
+        assert torch.equal(alpha_bar, results[0][1])
+
+
+@pytest.mark.parametrize("detach", [True, False], ids=["detach", "second_order"])
 def test_third_order_through_fused_backward(detach):
     """∂/∂x of a double backward: the fused backward's own backward (composite VJP) is itself
     differentiable, so the third derivative matches the composite backend's."""
