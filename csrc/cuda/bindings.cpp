@@ -2,7 +2,7 @@
 // from the caching allocator, and launches the torch-free kernels of epilogues.cu. Compiled only
 // in a CUDAExtension build (WITH_CUDA), next to the ATen GEMMs/convs of ops.cpp.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_bf16.h>
@@ -36,7 +36,7 @@ void act_fwd_cuda(const Tensor& z, const Tensor& s, Act act, Tensor& a, Tensor& 
   c10::cuda::CUDAGuard guard(z.device());
   GRADRES_CUDA_FLOATS(z, "gradres act_fwd_cuda", [&] {
     cuda::act_fwd(ptr<scalar_t>(z), ptr<scalar_t>(s), ptr<scalar_t>(a), ptr<scalar_t>(d),
-                  z.size(0), z.size(1), act, at::cuda::getCurrentCUDAStream());
+                  z.size(0), z.size(1), act, c10::cuda::getCurrentCUDAStream());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -47,7 +47,7 @@ void mix_fwd_cuda(Tensor& f, Tensor& g, const Tensor& x, const Tensor& alpha, bo
   GRADRES_CUDA_FLOATS(f, "gradres mix_fwd_cuda", [&] {
     cuda::mix_fwd(ptr<scalar_t>(f), ptr<scalar_t>(g), ptr<scalar_t>(x), ptr<scalar_t>(alpha),
                   normalize ? ptr<scalar_t>(r) : nullptr, f.size(0), f.size(1), normalize, eps,
-                  at::cuda::getCurrentCUDAStream());
+                  c10::cuda::getCurrentCUDAStream());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -64,7 +64,7 @@ void mix_bwd_cuda(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x, con
                   detach ? nullptr : ptr<scalar_t>(g_bar), detach ? nullptr : ptr<scalar_t>(x_copy),
                   ptr<scalar_t>(alpha_bar), x_bar.defined() ? ptr<scalar_t>(x_bar) : nullptr,
                   row_partial.data_ptr(), y_bar.size(0), y_bar.size(1),
-                  normalize, detach, at::cuda::getCurrentCUDAStream());
+                  normalize, detach, c10::cuda::getCurrentCUDAStream());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -80,7 +80,7 @@ void act_bwd_cuda(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar, con
                   ptr<scalar_t>(s), ptr<scalar_t>(z_bar),
                   detach ? nullptr : ptr<scalar_t>(d), ptr<scalar_t>(zbar_colsum),
                   detach ? nullptr : ptr<scalar_t>(s_bar), scratch.data_ptr(), z.size(0),
-                  z.size(1), act, detach, at::cuda::getCurrentCUDAStream());
+                  z.size(1), act, detach, c10::cuda::getCurrentCUDAStream());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -89,7 +89,7 @@ void add_skip_grad_cuda(Tensor& out, const Tensor& y_bar, const Tensor& alpha) {
   c10::cuda::CUDAGuard guard(out.device());
   GRADRES_CUDA_FLOATS(out, "gradres add_skip_grad_cuda", [&] {
     cuda::add_skip_grad(ptr<scalar_t>(out), ptr<scalar_t>(y_bar), ptr<scalar_t>(alpha),
-                        out.numel(), at::cuda::getCurrentCUDAStream());
+                        out.numel(), c10::cuda::getCurrentCUDAStream());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
