@@ -54,6 +54,7 @@ T sigmoid_of(const Tensor& alpha) {
 template <typename scalar_t, Act A>
 void act_fwd_cpu(const Tensor& z, const Tensor& s, Tensor& a, Tensor& d) {
   using Ops = ActOps<A>;
+  using acc_t = at::opmath_type<scalar_t>;
   const int64_t rows = z.size(0), P = z.size(1);
   const scalar_t* zp = z.data_ptr<scalar_t>();
   const scalar_t* sp = s.data_ptr<scalar_t>();
@@ -64,9 +65,9 @@ void act_fwd_cpu(const Tensor& z, const Tensor& s, Tensor& a, Tensor& d) {
       const int64_t o = n * P;
 #pragma omp simd
       for (int64_t p = 0; p < P; ++p) {
-        const scalar_t v = zp[o + p];
-        ap[o + p] = Ops::f(v);
-        dp[o + p] = Ops::d1(v) * sp[p];
+        const acc_t v = zp[o + p];
+        ap[o + p] = scalar_t(Ops::f(v));
+        dp[o + p] = scalar_t(Ops::d1(v) * acc_t(sp[p]));
       }
     }
   });
@@ -81,7 +82,7 @@ void mix_fwd_cpu(Tensor& f, Tensor& g, const Tensor& x, const Tensor& alpha, boo
   scalar_t* fp = f.data_ptr<scalar_t>();
   scalar_t* gp = g.data_ptr<scalar_t>();
   const scalar_t* xp = x.data_ptr<scalar_t>();
-  scalar_t* rp = normalize ? r.data_ptr<scalar_t>() : nullptr;
+  acc_t* rp = normalize ? r.data_ptr<acc_t>() : nullptr;
   at::parallel_for(0, rows, row_grain(Q), [&](int64_t b, int64_t e) {
     for (int64_t n = b; n < e; ++n) {
       scalar_t* fr = fp + n * Q;
@@ -93,7 +94,7 @@ void mix_fwd_cpu(Tensor& f, Tensor& g, const Tensor& x, const Tensor& alpha, boo
 #pragma omp simd reduction(+ : ss)
         for (int64_t q = 0; q < Q; ++q) ss += double(gr[q]) * double(gr[q]);
         const acc_t rr = acc_t(std::sqrt(ss + double(eps2)));
-        rp[n] = scalar_t(rr);
+        rp[n] = rr;
         scale = acc_t(1) / rr;
       }
 #pragma omp simd
@@ -117,7 +118,7 @@ void mix_bwd_cpu(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x, cons
   const scalar_t* yb = y_bar.data_ptr<scalar_t>();
   const scalar_t* gh = g_hat.data_ptr<scalar_t>();
   const scalar_t* xp = x.data_ptr<scalar_t>();
-  const scalar_t* rp = (normalize && !detach) ? r.data_ptr<scalar_t>() : nullptr;
+  const acc_t* rp = (normalize && !detach) ? r.data_ptr<acc_t>() : nullptr;
   scalar_t* gb = detach ? nullptr : g_bar.data_ptr<scalar_t>();
   scalar_t* xc = detach ? nullptr : x_copy.data_ptr<scalar_t>();
   const RowChunks chunks(rows, Q, 1);
@@ -148,7 +149,7 @@ void mix_bwd_cpu(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x, cons
           const acc_t dot = acc_t(dot_d);
           if (detach) continue;
           if (normalize) {
-            const acc_t inv_r = acc_t(1) / acc_t(rp[n]);
+            const acc_t inv_r = acc_t(1) / rp[n];
 #pragma omp simd
             for (int64_t q = 0; q < Q; ++q) {
               gb[o + q] = scalar_t(m * (acc_t(yb[o + q]) - acc_t(gh[o + q]) * dot) * inv_r);
@@ -255,7 +256,8 @@ void add_skip_grad_cpu(Tensor& out, const Tensor& y_bar, const Tensor& alpha) {
 
 }  // namespace
 
-#define GRADRES_CPU_FLOATS(t, name, ...) AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), name, __VA_ARGS__)
+#define GRADRES_CPU_FLOATS(t, name, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), name, __VA_ARGS__)
 
 void act_fwd(const Tensor& z, const Tensor& s, Act act, Tensor& a, Tensor& d) {
   RECORD_FUNCTION("gradres::act_fwd", std::vector<c10::IValue>());

@@ -6,6 +6,7 @@
 // Python (gradres_fused/cpp.py): the forward's backward is the fused *_bwd op, whose own backward
 // is the composite implementation.
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 #include <torch/library.h>
 
 #include <string>
@@ -45,6 +46,11 @@ void check_inputs(const Tensor& x, const Tensor& w1, const c10::optional<Tensor>
   TORCH_CHECK_VALUE(alpha.numel() == 1, "alpha: expected one element, got ", alpha.sizes());
 }
 
+// The dtype of the saved per-sample norms r: the accumulation type (float32, or float64 for
+// float64 x), so that float16/bfloat16 inputs do not round r (a 2⁻⁹ relative error in ḡ for
+// bfloat16). gradres_fused/cpp.py's fake kernel says the same.
+at::ScalarType norm_dtype(const Tensor& x) { return at::toOpMathType(x.scalar_type()); }
+
 // A (rows, cols) view of a contiguous tensor whose leading dim is the sample (cols stays right
 // for an empty batch, where the column sums must still cover every column).
 Tensor rows_view(const Tensor& t) {
@@ -57,8 +63,13 @@ void check_bwd_inputs(const Tensor& y_bar, const Tensor& x, const Tensor& w1, co
                       const Tensor& r, bool normalize) {
   check_inputs(x, w1, c10::nullopt, w2, c10::nullopt, alpha);
   for (const auto& [t, name] : {std::pair<const Tensor&, const char*>{y_bar, "y_bar"},
-                                {z, "z"}, {a, "a"}, {g_hat, "g_hat"}, {r, "r"}})
+                                {z, "z"}, {a, "a"}, {g_hat, "g_hat"}})
     check_same(x, t, name);
+  TORCH_CHECK_VALUE(r.device() == x.device(), "r: expected a tensor on ", x.device(),
+                    " like x, got ", r.device());
+  TORCH_CHECK_TYPE(r.scalar_type() == norm_dtype(x), "r: expected dtype ", norm_dtype(x),
+                   " (the forward's saved norms for x of dtype ", x.scalar_type(), "), got ",
+                   r.scalar_type());
   TORCH_CHECK_VALUE(y_bar.sizes() == x.sizes() && g_hat.sizes() == x.sizes(),
                     "y_bar, g_hat: expected the shape of x ", x.sizes(), ", got ", y_bar.sizes(),
                     " and ", g_hat.sizes());
@@ -93,7 +104,7 @@ BwdInputs prepare_bwd(const Tensor& y_bar, const Tensor& x, const Tensor& w1, co
 }
 
 Tensor empty_r(const Tensor& x, bool normalize) {
-  return at::empty({normalize ? x.size(0) : 0}, x.options());
+  return at::empty({normalize ? x.size(0) : 0}, x.options().dtype(norm_dtype(x)));
 }
 
 // ---------------------------------------------------------------------------------------------

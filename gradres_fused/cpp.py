@@ -47,12 +47,13 @@ def _name(family: str, stage: str) -> str:
 
 
 def _fake_saved(family: str):
-    """z and a are hidden-shaped, ĝ like x, r one per sample (empty unless normalize)."""
+    """z and a are hidden-shaped, ĝ like x, r one per sample (empty unless normalize) in
+    fused_op.norm_dtype."""
     def saved(x, w1, normalize):
         hidden = ((x.shape[0], w1.shape[0]) if family == "mlp"
                   else (x.shape[0], w1.shape[0], *x.shape[2:]))
         return (x.new_empty(hidden), x.new_empty(hidden), x.new_empty(x.shape),
-                x.new_empty((x.shape[0] if normalize else 0,)))
+                x.new_empty((x.shape[0] if normalize else 0,), dtype=fused_op.norm_dtype(x.dtype)))
     return saved
 
 

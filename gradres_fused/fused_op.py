@@ -6,7 +6,8 @@
         -> (x̄, W̄1, b̄1, W̄2, b̄2, ᾱ)
 
 z, a, ĝ, r are what the backend's backward reads (a backend that recomputes them returns empty
-tensors); autograd never differentiates them. Fake (meta) kernels let torch.compile trace the ops.
+tensors); autograd never differentiates them. r, the per-sample norms, is kept in the accumulation
+type (`norm_dtype`), not in x's: a bfloat16 r alone would cost up to 2⁻⁹ relative error in ḡ. Fake (meta) kernels let torch.compile trace the ops.
 The forward's backward is the fused bwd op; the bwd op's own backward is the composite
 implementation (`composite.recomputed_backward`, a VJP taken by autograd), so a gradient of the
 backward — and any higher order — is exact, if slower.
@@ -27,6 +28,11 @@ FWD_SCHEMA = ("(Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor a
 BWD_SCHEMA = ("(Tensor y_bar, Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor alpha, "
               "Tensor z, Tensor a, Tensor g_hat, Tensor r, str activation, bool normalize, "
               "float eps, bool detach) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
+
+
+def norm_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype of the saved norms r for inputs of `dtype`: float64 for float64, float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def op(qualname: str):

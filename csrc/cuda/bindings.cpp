@@ -23,8 +23,16 @@ typename CudaType<S>::type* ptr(const Tensor& t) {
   return t.defined() ? reinterpret_cast<typename CudaType<S>::type*>(t.data_ptr<S>()) : nullptr;
 }
 
-at::ScalarType acc_type(const Tensor& t) {
-  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+// The saved norm r: Acc<T> (float32; float64 for float64 inputs), checked by the caller.
+template <typename S>
+typename cuda::Acc<typename CudaType<S>::type>::type* acc_ptr(const Tensor& t) {
+  return t.defined() ? static_cast<typename cuda::Acc<typename CudaType<S>::type>::type*>(t.data_ptr())
+                     : nullptr;
+}
+
+// The dtype of cuda::Red<T>, for the reductions' scratch: float64 for float32 and float64 inputs.
+at::ScalarType red_type(const Tensor& t) {
+  return t.scalar_type() == at::kDouble || t.scalar_type() == at::kFloat ? at::kDouble : at::kFloat;
 }
 
 #define GRADRES_CUDA_FLOATS(t, name, ...) \
@@ -44,10 +52,12 @@ void act_fwd_cuda(const Tensor& z, const Tensor& s, Act act, Tensor& a, Tensor& 
 void mix_fwd_cuda(Tensor& f, Tensor& g, const Tensor& x, const Tensor& alpha, bool normalize,
                   double eps, Tensor& r) {
   c10::cuda::CUDAGuard guard(f.device());
+  Tensor scratch = at::empty({cuda::row_scratch_elems(f.size(0), f.size(1))},
+                             f.options().dtype(red_type(f)));
   GRADRES_CUDA_FLOATS(f, "gradres mix_fwd_cuda", [&] {
     cuda::mix_fwd(ptr<scalar_t>(f), ptr<scalar_t>(g), ptr<scalar_t>(x), ptr<scalar_t>(alpha),
-                  normalize ? ptr<scalar_t>(r) : nullptr, f.size(0), f.size(1), normalize, eps,
-                  c10::cuda::getCurrentCUDAStream());
+                  normalize ? acc_ptr<scalar_t>(r) : nullptr, scratch.data_ptr(), f.size(0),
+                  f.size(1), normalize, eps, c10::cuda::getCurrentCUDAStream());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -56,14 +66,14 @@ void mix_bwd_cuda(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x, con
                   const Tensor& alpha, bool normalize, bool detach, Tensor& g_bar,
                   Tensor& x_copy, Tensor& alpha_bar, Tensor& x_bar) {
   c10::cuda::CUDAGuard guard(y_bar.device());
-  Tensor row_partial = at::empty({std::max<int64_t>(y_bar.size(0), 1)},
-                                 y_bar.options().dtype(acc_type(y_bar)));
+  Tensor scratch = at::empty({cuda::row_scratch_elems(y_bar.size(0), y_bar.size(1))},
+                             y_bar.options().dtype(red_type(y_bar)));
   GRADRES_CUDA_FLOATS(y_bar, "gradres mix_bwd_cuda", [&] {
     cuda::mix_bwd(ptr<scalar_t>(y_bar), ptr<scalar_t>(g_hat), ptr<scalar_t>(x),
-                  (normalize && !detach) ? ptr<scalar_t>(r) : nullptr, ptr<scalar_t>(alpha),
+                  (normalize && !detach) ? acc_ptr<scalar_t>(r) : nullptr, ptr<scalar_t>(alpha),
                   detach ? nullptr : ptr<scalar_t>(g_bar), detach ? nullptr : ptr<scalar_t>(x_copy),
                   ptr<scalar_t>(alpha_bar), x_bar.defined() ? ptr<scalar_t>(x_bar) : nullptr,
-                  row_partial.data_ptr(), y_bar.size(0), y_bar.size(1),
+                  scratch.data_ptr(), y_bar.size(0), y_bar.size(1),
                   normalize, detach, c10::cuda::getCurrentCUDAStream());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -74,7 +84,7 @@ void act_bwd_cuda(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar, con
                   Tensor& s_bar) {
   c10::cuda::CUDAGuard guard(z.device());
   Tensor scratch = at::empty({cuda::act_bwd_scratch_elems(z.size(0), z.size(1), detach)},
-                             z.options().dtype(acc_type(z)));
+                             z.options().dtype(red_type(z)));
   GRADRES_CUDA_FLOATS(z, "gradres act_bwd_cuda", [&] {
     cuda::act_bwd(ptr<scalar_t>(z), ptr<scalar_t>(a_bar), detach ? nullptr : ptr<scalar_t>(d_bar),
                   ptr<scalar_t>(s), ptr<scalar_t>(z_bar),

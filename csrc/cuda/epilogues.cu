@@ -13,9 +13,6 @@ namespace gradres {
 namespace cuda {
 namespace {
 
-template <typename T> struct Acc { using type = float; };
-template <> struct Acc<double> { using type = double; };
-
 template <typename T> __device__ __forceinline__ typename Acc<T>::type to_acc(T v) {
   return static_cast<typename Acc<T>::type>(v);
 }
@@ -68,7 +65,18 @@ __global__ void act_fwd_kernel(const T* __restrict__ z, const T* __restrict__ s,
   }
 }
 
-// ---- row reductions (mix_fwd, mix_bwd): one group of G threads per row -------------------------
+// ---- row reductions (mix_fwd, mix_bwd) ---------------------------------------------------------
+// Narrow rows (Q ≤ kWarpRowMax, the MLP) get a warp each and run in one pass. Wide rows (conv: a
+// row is a whole sample) are split into `splits` segments, one 256-thread block each, so a small
+// batch still fills the device: a first pass writes each segment's partial sums, a second pass
+// adds a row's partials in a fixed order (every block of the row alike) and does the elementwise
+// part. No atomics, so results do not depend on scheduling.
+constexpr int64_t kWarpRowMax = 2048;
+constexpr int64_t kMinSegment = 2048;  // elements per block at least (8 per thread)
+constexpr int64_t kMaxSplits = 64;
+
+// Sum over the G threads of a group (G = 32: a warp; G = blockDim.x: the block; then every thread
+// of the block must call it).
 template <typename A, int G>
 __device__ __forceinline__ A group_sum(A v, A* shared) {
 #pragma unroll
@@ -84,40 +92,40 @@ __device__ __forceinline__ A group_sum(A v, A* shared) {
   return t;
 }
 
-// The row `n` and the lane `t` within it of this thread, for a group of G threads per row:
-// G = 32, a warp per row (blockDim.x / 32 rows per block); G = blockDim.x, a block per row.
-template <int G>
-struct RowGroup {
+// Warp-per-row: the row `n` of this thread and its lane `t` (blockDim.x / 32 rows per block).
+struct WarpRow {
   int64_t n;
   int t;
-  __device__ RowGroup()
-      : n(int64_t(blockIdx.x) * (blockDim.x / G) + threadIdx.x / G), t(threadIdx.x % G) {}
+  __device__ WarpRow() : n(int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32), t(threadIdx.x % 32) {}
 };
 
-template <typename T, int G>
-__global__ void mix_fwd_kernel(T* __restrict__ f, T* __restrict__ g, const T* __restrict__ x,
-                               const T* __restrict__ alpha, T* __restrict__ r, int64_t rows,
-                               int64_t Q, bool normalize, double eps) {
-  using A = typename Acc<T>::type;
-  __shared__ A shared[kThreads / 32];
-  const RowGroup<G> row;
-  const int64_t n = row.n;
-  const int t = row.t;
-  const A m = mix_weight(alpha);
-  if (G > 32 && n >= rows) return;  // block-wide groups: whole block exits together
-  A scale = A(1);
-  if (normalize) {
-    A ss = A(0);
-    if (n < rows)
-      for (int64_t q = t; q < Q; q += G) { const A v = to_acc(g[n * Q + q]); ss += v * v; }
-    ss = group_sum<A, G>(ss, shared);
-    if (n >= rows) return;
-    const A rr = sqrt(ss + A(eps) * A(eps));
-    if (t == 0) r[n] = from_acc<T>(rr);
-    scale = A(1) / rr;
+// Split rows: block b handles segment s = b % splits of row n = b / splits, columns [begin, end).
+struct RowSegment {
+  int64_t n, s, begin, end;
+  __device__ RowSegment(int64_t Q, int64_t splits) {
+    const int64_t len = (Q + splits - 1) / splits;
+    n = blockIdx.x / splits;
+    s = blockIdx.x % splits;
+    begin = s * len < Q ? s * len : Q;
+    end = begin + len < Q ? begin + len : Q;
   }
-  if (n >= rows) return;
-  for (int64_t q = t; q < Q; q += G) {
+};
+
+// Sum of the `splits` partials of row n, at part[(n·splits + s)·stride], in segment order.
+template <typename R>
+__device__ __forceinline__ R row_total(const R* part, int64_t n, int64_t splits, int stride) {
+  R t = R(0);
+  for (int64_t s = 0; s < splits; ++s) t += part[(n * splits + s) * stride];
+  return t;
+}
+
+// f ← f + (1−m)x + m·g·scale over columns [begin, end) of row n, step `step` from `first`.
+template <typename T>
+__device__ __forceinline__ void mix_row(T* f, T* g, const T* x, int64_t n, int64_t Q,
+                                       int64_t first, int64_t end, int step,
+                                       typename Acc<T>::type m, typename Acc<T>::type scale) {
+  using A = typename Acc<T>::type;
+  for (int64_t q = first; q < end; q += step) {
     const int64_t i = n * Q + q;
     const A gh = to_acc(g[i]) * scale;
     g[i] = from_acc<T>(gh);
@@ -125,36 +133,90 @@ __global__ void mix_fwd_kernel(T* __restrict__ f, T* __restrict__ g, const T* __
   }
 }
 
-template <typename T, int G>
-__global__ void mix_bwd_kernel(const T* __restrict__ y_bar, const T* __restrict__ g_hat,
-                               const T* __restrict__ x, const T* __restrict__ r,
-                               const T* __restrict__ alpha, T* __restrict__ g_bar,
-                               T* __restrict__ x_copy, T* __restrict__ x_bar,
-                               typename Acc<T>::type* __restrict__ row_part,
-                               int64_t rows, int64_t Q, bool normalize, bool detach) {
+template <typename T>
+__global__ void mix_fwd_warp_kernel(T* __restrict__ f, T* __restrict__ g, const T* __restrict__ x,
+                                    const T* __restrict__ alpha, typename Acc<T>::type* __restrict__ r,
+                                    int64_t rows, int64_t Q, bool normalize, double eps) {
   using A = typename Acc<T>::type;
-  __shared__ A shared[kThreads / 32];
-  const RowGroup<G> row;
-  const int64_t n = row.n;
-  const int t = row.t;
-  const A m = mix_weight(alpha);
-  if (G > 32 && n >= rows) return;
-  A part = A(0), dot = A(0);
-  if (n < rows)
-    for (int64_t q = t; q < Q; q += G) {
+  using R = typename Red<T>::type;
+  const WarpRow row;
+  if (row.n >= rows) return;  // whole warps exit together
+  A scale = A(1);
+  if (normalize) {
+    R ss = R(0);
+    for (int64_t q = row.t; q < Q; q += 32) { const R v = to_acc(g[row.n * Q + q]); ss += v * v; }
+    ss = group_sum<R, 32>(ss, nullptr);
+    const R rr = sqrt(ss + R(eps) * R(eps));
+    if (row.t == 0) r[row.n] = A(rr);
+    scale = A(R(1) / rr);
+  }
+  mix_row(f, g, x, row.n, Q, row.t, Q, 32, mix_weight(alpha), scale);
+}
+
+// Split pass 1 of mix_fwd (normalize only): Σ g² of each segment.
+template <typename T>
+__global__ void sum_squares_kernel(const T* __restrict__ g, typename Red<T>::type* __restrict__ part,
+                                   int64_t Q, int64_t splits) {
+  using R = typename Red<T>::type;
+  __shared__ R shared[kThreads / 32];
+  const RowSegment seg(Q, splits);
+  R ss = R(0);
+  for (int64_t q = seg.begin + threadIdx.x; q < seg.end; q += blockDim.x) {
+    const R v = to_acc(g[seg.n * Q + q]);
+    ss += v * v;
+  }
+  ss = group_sum<R, kThreads>(ss, shared);
+  if (threadIdx.x == 0) part[blockIdx.x] = ss;
+}
+
+// Split pass 2 of mix_fwd: r from the row's partials, then the mix over the segment.
+template <typename T>
+__global__ void mix_fwd_split_kernel(T* __restrict__ f, T* __restrict__ g, const T* __restrict__ x,
+                                     const T* __restrict__ alpha, typename Acc<T>::type* __restrict__ r,
+                                     const typename Red<T>::type* __restrict__ part, int64_t Q,
+                                     int64_t splits, bool normalize, double eps) {
+  using A = typename Acc<T>::type;
+  using R = typename Red<T>::type;
+  const RowSegment seg(Q, splits);
+  A scale = A(1);
+  if (normalize) {
+    const R rr = sqrt(row_total(part, seg.n, splits, 1) + R(eps) * R(eps));
+    if (seg.s == 0 && threadIdx.x == 0) r[seg.n] = A(rr);
+    scale = A(R(1) / rr);
+  }
+  mix_row(f, g, x, seg.n, Q, seg.begin + threadIdx.x, seg.end, blockDim.x, mix_weight(alpha), scale);
+}
+
+// Σ ȳ(ĝ − x) and ĝ·ȳ over columns [first, end) (step `step`) of row n; with x_bar, also
+// x_bar += (1 − m)ȳ there.
+template <typename T>
+struct MixBwdSums {
+  typename Red<T>::type part, dot;
+  __device__ MixBwdSums(const T* y_bar, const T* g_hat, const T* x, T* x_bar,
+                        typename Acc<T>::type m, int64_t n, int64_t Q, int64_t first,
+                        int64_t end, int step)
+      : part(0), dot(0) {
+    using A = typename Acc<T>::type;
+    using R = typename Red<T>::type;
+    for (int64_t q = first; q < end; q += step) {
       const int64_t i = n * Q + q;
       const A y = to_acc(y_bar[i]), gh = to_acc(g_hat[i]);
-      part += y * (gh - to_acc(x[i]));
-      dot += gh * y;
+      part += R(y) * (R(gh) - R(to_acc(x[i])));
+      dot += R(gh) * R(y);
       if (x_bar) x_bar[i] = from_acc<T>(to_acc(x_bar[i]) + (A(1) - m) * y);
     }
-  part = group_sum<A, G>(part, shared);
-  dot = group_sum<A, G>(dot, shared);
-  if (n >= rows) return;
-  if (t == 0) row_part[n] = part;
-  if (detach) return;
-  const A inv_r = normalize ? A(1) / to_acc(r[n]) : A(1);
-  for (int64_t q = t; q < Q; q += G) {
+  }
+};
+
+// ḡ = (mȳ − ĝ(ĝ·mȳ))/r (or mȳ) and x_copy = x over columns [first, end) of row n.
+template <typename T>
+__device__ __forceinline__ void g_bar_row(const T* y_bar, const T* g_hat, const T* x, T* g_bar,
+                                          T* x_copy, typename Acc<T>::type m,
+                                          typename Acc<T>::type dot,
+                                          typename Acc<T>::type inv_r, bool normalize, int64_t n,
+                                          int64_t Q, int64_t first, int64_t end, int step) {
+  using A = typename Acc<T>::type;
+  for (int64_t q = first; q < end; q += step) {
     const int64_t i = n * Q + q;
     const A y = to_acc(y_bar[i]);
     const A gb = normalize ? m * (y - to_acc(g_hat[i]) * dot) * inv_r : m * y;
@@ -163,18 +225,74 @@ __global__ void mix_bwd_kernel(const T* __restrict__ y_bar, const T* __restrict_
   }
 }
 
-// Sums `count` partials in a fixed order (one block), scaling by m(1−m): ᾱ.
 template <typename T>
-__global__ void alpha_bar_kernel(const typename Acc<T>::type* __restrict__ part, int64_t count,
-                                 const T* __restrict__ alpha, T* __restrict__ alpha_bar) {
+__global__ void mix_bwd_warp_kernel(const T* __restrict__ y_bar, const T* __restrict__ g_hat,
+                                    const T* __restrict__ x, const typename Acc<T>::type* __restrict__ r,
+                                    const T* __restrict__ alpha, T* __restrict__ g_bar,
+                                    T* __restrict__ x_copy, T* __restrict__ x_bar,
+                                    typename Red<T>::type* __restrict__ row_part, int64_t rows,
+                                    int64_t Q, bool normalize, bool detach) {
   using A = typename Acc<T>::type;
-  __shared__ A shared[kThreads / 32];
-  A s = A(0);
-  for (int64_t i = threadIdx.x; i < count; i += blockDim.x) s += part[i];
-  s = group_sum<A, kThreads>(s, shared);
+  using R = typename Red<T>::type;
+  const WarpRow row;
+  if (row.n >= rows) return;
+  const A m = mix_weight(alpha);
+  const MixBwdSums<T> sums(y_bar, g_hat, x, x_bar, m, row.n, Q, row.t, Q, 32);
+  const R part = group_sum<R, 32>(sums.part, nullptr);
+  const R dot = group_sum<R, 32>(sums.dot, nullptr);
+  if (row.t == 0) row_part[row.n] = part;
+  if (detach) return;
+  const A inv_r = normalize ? A(1) / r[row.n] : A(1);
+  g_bar_row(y_bar, g_hat, x, g_bar, x_copy, m, A(dot), inv_r, normalize, row.n, Q, row.t, Q, 32);
+}
+
+// Split pass 1 of mix_bwd: the segment's two sums at seg_part[2b], seg_part[2b + 1] (and x_bar).
+template <typename T>
+__global__ void mix_bwd_sums_kernel(const T* __restrict__ y_bar, const T* __restrict__ g_hat,
+                                    const T* __restrict__ x, const T* __restrict__ alpha,
+                                    T* __restrict__ x_bar, typename Red<T>::type* __restrict__ seg_part,
+                                    int64_t Q, int64_t splits) {
+  using R = typename Red<T>::type;
+  __shared__ R shared[kThreads / 32];
+  const RowSegment seg(Q, splits);
+  const MixBwdSums<T> sums(y_bar, g_hat, x, x_bar, mix_weight(alpha), seg.n, Q,
+                           seg.begin + threadIdx.x, seg.end, blockDim.x);
+  const R part = group_sum<R, kThreads>(sums.part, shared);
+  const R dot = group_sum<R, kThreads>(sums.dot, shared);
   if (threadIdx.x == 0) {
-    const A m = mix_weight(alpha);
-    alpha_bar[0] = from_acc<T>(m * (A(1) - m) * s);
+    seg_part[2 * int64_t(blockIdx.x)] = part;
+    seg_part[2 * int64_t(blockIdx.x) + 1] = dot;
+  }
+}
+
+// Split pass 2 of mix_bwd (second order only): ḡ over the segment, from the row's ĝ·ȳ.
+template <typename T>
+__global__ void g_bar_split_kernel(const T* __restrict__ y_bar, const T* __restrict__ g_hat,
+                                   const T* __restrict__ x, const typename Acc<T>::type* __restrict__ r,
+                                   const T* __restrict__ alpha, T* __restrict__ g_bar,
+                                   T* __restrict__ x_copy,
+                                   const typename Red<T>::type* __restrict__ seg_part, int64_t Q,
+                                   int64_t splits, bool normalize) {
+  using A = typename Acc<T>::type;
+  const RowSegment seg(Q, splits);
+  const A dot = A(row_total(seg_part + 1, seg.n, splits, 2));
+  const A inv_r = normalize ? A(1) / r[seg.n] : A(1);
+  g_bar_row(y_bar, g_hat, x, g_bar, x_copy, mix_weight(alpha), dot, inv_r, normalize, seg.n, Q,
+            seg.begin + threadIdx.x, seg.end, blockDim.x);
+}
+
+// ᾱ = m(1−m)·Σ part[i·stride] over i < count, summed in a fixed order by one block.
+template <typename T>
+__global__ void alpha_bar_kernel(const typename Red<T>::type* __restrict__ part, int64_t count,
+                                 int stride, const T* __restrict__ alpha, T* __restrict__ alpha_bar) {
+  using R = typename Red<T>::type;
+  __shared__ R shared[kThreads / 32];
+  R s = R(0);
+  for (int64_t i = threadIdx.x; i < count; i += blockDim.x) s += part[i * stride];
+  s = group_sum<R, kThreads>(s, shared);
+  if (threadIdx.x == 0) {
+    const R m = mix_weight(alpha);
+    alpha_bar[0] = from_acc<T>(m * (R(1) - m) * s);
   }
 }
 
@@ -189,15 +307,16 @@ template <typename T, Act A_>
 __global__ void act_bwd_kernel(const T* __restrict__ z, const T* __restrict__ a_bar,
                                const T* __restrict__ d_bar, const T* __restrict__ s,
                                T* __restrict__ z_bar, T* __restrict__ d,
-                               typename Acc<T>::type* __restrict__ col_part, int64_t rows,
+                               typename Red<T>::type* __restrict__ col_part, int64_t rows,
                                int64_t P, int64_t chunk_rows, bool detach) {
   using Ops = ActOps<A_>;
   using A = typename Acc<T>::type;
+  using R = typename Red<T>::type;
   const int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t chunk = blockIdx.y;
   if (p >= P) return;
   const A sv = to_acc(s[p]);
-  A zs = A(0), ss = A(0);
+  R zs = R(0), ss = R(0);
   const int64_t n_end = (chunk + 1) * chunk_rows < rows ? (chunk + 1) * chunk_rows : rows;
   for (int64_t n = chunk * chunk_rows; n < n_end; ++n) {
     const int64_t i = n * P + p;
@@ -219,13 +338,13 @@ __global__ void act_bwd_kernel(const T* __restrict__ z, const T* __restrict__ a_
 }
 
 template <typename T>
-__global__ void col_sum_kernel(const typename Acc<T>::type* __restrict__ col_part, int64_t chunks,
+__global__ void col_sum_kernel(const typename Red<T>::type* __restrict__ col_part, int64_t chunks,
                                int64_t P, T* __restrict__ zbar_colsum, T* __restrict__ s_bar,
                                bool detach) {
-  using A = typename Acc<T>::type;
+  using R = typename Red<T>::type;
   for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < P;
        p += int64_t(gridDim.x) * blockDim.x) {
-    A zs = A(0), ss = A(0);
+    R zs = R(0), ss = R(0);
     for (int64_t c = 0; c < chunks; ++c) {
       zs += col_part[c * P + p];
       if (!detach) ss += col_part[(chunks + c) * P + p];
@@ -250,24 +369,28 @@ __global__ void add_skip_grad_kernel(T* __restrict__ out, const T* __restrict__ 
   }
 }
 
-// Rows of at most this width get a warp each; wider rows a 256-thread block each.
-constexpr int64_t kWarpRowMax = 2048;
+// Segments per wide row: enough blocks for about four per SM, none shorter than kMinSegment.
+int64_t max_splits(int64_t Q) {
+  return std::min<int64_t>(kMaxSplits, std::max<int64_t>(1, Q / kMinSegment));
+}
+int64_t splits_for(int64_t rows, int64_t Q) {
+  int device = 0, sms = 1;
+  cudaGetDevice(&device);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  const int64_t want = (4 * int64_t(sms) + rows - 1) / rows;
+  return std::max<int64_t>(1, std::min(want, max_splits(Q)));
+}
 
-// Launches the warp-per-row or the block-per-row instance of a row kernel over `rows` rows.
-template <typename WarpKernel, typename BlockKernel, typename... Args>
-void launch_rows(WarpKernel warp_kernel, BlockKernel block_kernel, int64_t rows, int64_t Q,
-                 cudaStream_t stream, Args... args) {
-  if (rows == 0) return;
-  if (Q <= kWarpRowMax) {
-    const int64_t per_block = kThreads / 32;
-    warp_kernel<<<static_cast<unsigned>((rows + per_block - 1) / per_block), kThreads, 0,
-                  stream>>>(args...);
-  } else {
-    block_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(args...);
-  }
+unsigned warp_row_blocks(int64_t rows) {
+  const int64_t per_block = kThreads / 32;
+  return static_cast<unsigned>((rows + per_block - 1) / per_block);
 }
 
 }  // namespace
+
+int64_t row_scratch_elems(int64_t rows, int64_t Q) {
+  return Q <= kWarpRowMax ? rows : 2 * rows * max_splits(Q);
+}
 
 template <typename T>
 void act_fwd(const T* z, const T* s, T* a, T* d, int64_t rows, int64_t P, Act act,
@@ -285,21 +408,44 @@ void act_fwd(const T* z, const T* s, T* a, T* d, int64_t rows, int64_t P, Act ac
 }
 
 template <typename T>
-void mix_fwd(T* f, T* g, const T* x, const T* alpha, T* r, int64_t rows, int64_t Q,
-             bool normalize, double eps, cudaStream_t stream) {
-  launch_rows(mix_fwd_kernel<T, 32>, mix_fwd_kernel<T, kThreads>, rows, Q, stream, f, g, x, alpha,
-              r, rows, Q, normalize, eps);
+void mix_fwd(T* f, T* g, const T* x, const T* alpha, typename Acc<T>::type* r, void* scratch,
+             int64_t rows, int64_t Q, bool normalize, double eps, cudaStream_t stream) {
+  if (rows == 0) return;
+  if (Q <= kWarpRowMax) {
+    mix_fwd_warp_kernel<T><<<warp_row_blocks(rows), kThreads, 0, stream>>>(f, g, x, alpha, r, rows,
+                                                                           Q, normalize, eps);
+    return;
+  }
+  using R = typename Red<T>::type;
+  R* part = static_cast<R*>(scratch);
+  const int64_t splits = splits_for(rows, Q);
+  const unsigned blocks = static_cast<unsigned>(rows * splits);
+  if (normalize) sum_squares_kernel<T><<<blocks, kThreads, 0, stream>>>(g, part, Q, splits);
+  mix_fwd_split_kernel<T><<<blocks, kThreads, 0, stream>>>(f, g, x, alpha, r, part, Q, splits,
+                                                           normalize, eps);
 }
 
 template <typename T>
-void mix_bwd(const T* y_bar, const T* g_hat, const T* x, const T* r, const T* alpha, T* g_bar,
-             T* x_copy, T* alpha_bar, T* x_bar, void* row_partial, int64_t rows, int64_t Q,
-             bool normalize, bool detach, cudaStream_t stream) {
-  using A = typename Acc<T>::type;
-  A* part = static_cast<A*>(row_partial);
-  launch_rows(mix_bwd_kernel<T, 32>, mix_bwd_kernel<T, kThreads>, rows, Q, stream, y_bar, g_hat, x,
-              r, alpha, g_bar, x_copy, x_bar, part, rows, Q, normalize, detach);
-  alpha_bar_kernel<T><<<1, kThreads, 0, stream>>>(part, rows, alpha, alpha_bar);
+void mix_bwd(const T* y_bar, const T* g_hat, const T* x, const typename Acc<T>::type* r,
+             const T* alpha, T* g_bar, T* x_copy, T* alpha_bar, T* x_bar, void* scratch,
+             int64_t rows, int64_t Q, bool normalize, bool detach, cudaStream_t stream) {
+  using R = typename Red<T>::type;
+  R* part = static_cast<R*>(scratch);
+  if (rows == 0 || Q <= kWarpRowMax) {
+    if (rows > 0)
+      mix_bwd_warp_kernel<T><<<warp_row_blocks(rows), kThreads, 0, stream>>>(
+          y_bar, g_hat, x, r, alpha, g_bar, x_copy, x_bar, part, rows, Q, normalize, detach);
+    alpha_bar_kernel<T><<<1, kThreads, 0, stream>>>(part, rows, 1, alpha, alpha_bar);
+    return;
+  }
+  const int64_t splits = splits_for(rows, Q);
+  const unsigned blocks = static_cast<unsigned>(rows * splits);
+  mix_bwd_sums_kernel<T><<<blocks, kThreads, 0, stream>>>(y_bar, g_hat, x, alpha, x_bar, part, Q,
+                                                          splits);
+  if (!detach)
+    g_bar_split_kernel<T><<<blocks, kThreads, 0, stream>>>(y_bar, g_hat, x, r, alpha, g_bar,
+                                                           x_copy, part, Q, splits, normalize);
+  alpha_bar_kernel<T><<<1, kThreads, 0, stream>>>(part, rows * splits, 2, alpha, alpha_bar);
 }
 
 int64_t act_bwd_scratch_elems(int64_t rows, int64_t P, bool detach) {
@@ -310,10 +456,10 @@ template <typename T>
 void act_bwd(const T* z, const T* a_bar, const T* d_bar, const T* s, T* z_bar, T* d,
              T* zbar_colsum, T* s_bar, void* col_partial, int64_t rows, int64_t P, Act act,
              bool detach, cudaStream_t stream) {
-  using Acc_t = typename Acc<T>::type;  // (`A` is the activation inside the dispatch below)
+  using Red_t = typename Red<T>::type;  // (`A` is the activation inside the dispatch below)
   if (P == 0) return;
   const int64_t chunks = num_chunks(rows);
-  Acc_t* part = static_cast<Acc_t*>(col_partial);
+  Red_t* part = static_cast<Red_t*>(col_partial);
   // Narrow rows (MLP, P = H) get narrower blocks so few threads idle.
   const int threads = static_cast<int>(std::min<int64_t>(kThreads, (P + 31) / 32 * 32));
   const dim3 grid(static_cast<unsigned>((P + threads - 1) / threads), static_cast<unsigned>(chunks));
@@ -337,10 +483,10 @@ void add_skip_grad(T* out, const T* y_bar, const T* alpha, int64_t n, cudaStream
 
 #define GRADRES_INSTANTIATE(T)                                                                   \
   template void act_fwd<T>(const T*, const T*, T*, T*, int64_t, int64_t, Act, cudaStream_t);   \
-  template void mix_fwd<T>(T*, T*, const T*, const T*, T*, int64_t, int64_t, bool, double,     \
-                           cudaStream_t);                                                      \
-  template void mix_bwd<T>(const T*, const T*, const T*, const T*, const T*, T*, T*, T*, T*,    \
-                           void*, int64_t, int64_t, bool, bool, cudaStream_t);                 \
+  template void mix_fwd<T>(T*, T*, const T*, const T*, Acc<T>::type*, void*, int64_t, int64_t, \
+                           bool, double, cudaStream_t);                                        \
+  template void mix_bwd<T>(const T*, const T*, const T*, const Acc<T>::type*, const T*, T*, T*, \
+                           T*, T*, void*, int64_t, int64_t, bool, bool, cudaStream_t);         \
   template void act_bwd<T>(const T*, const T*, const T*, const T*, T*, T*, T*, T*, void*,      \
                            int64_t, int64_t, Act, bool, cudaStream_t);                         \
   template void add_skip_grad<T>(T*, const T*, const T*, int64_t, cudaStream_t);
