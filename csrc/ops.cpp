@@ -51,10 +51,38 @@ void check_inputs(const Tensor& x, const Tensor& w1, const c10::optional<Tensor>
 // bfloat16). gradres_fused/cpp.py's fake kernel says the same.
 at::ScalarType norm_dtype(const Tensor& x) { return at::toOpMathType(x.scalar_type()); }
 
-// A (rows, cols) view of a contiguous tensor whose leading dim is the sample (cols stays right
-// for an empty batch, where the column sums must still cover every column).
-Tensor rows_view(const Tensor& t) {
-  return t.view({t.size(0), c10::multiply_integers(t.sizes().slice(1))});
+// The memory format the block keeps for every per-sample tensor (x, y, z, ĝ, x̄, …): channels_last
+// when x is (and is not also contiguous), so a channels_last network stays channels_last without
+// copies; contiguous otherwise. gradres_fused/cpp.py's fake kernels follow the same rule.
+at::MemoryFormat sample_format(const Tensor& x) {
+  return x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)
+             ? at::MemoryFormat::ChannelsLast
+             : at::MemoryFormat::Contiguous;
+}
+
+// A (rows, cols) view of a tensor dense in `fmt` whose leading dim is the sample: a row is one
+// sample's slab in memory order — (C, H, W) contiguous, (H, W, C) channels_last. The fused
+// stages only need every tensor of a pass in the same order. (cols stays right for an empty
+// batch, where the column sums must still cover every column.)
+Tensor rows_view(const Tensor& t, at::MemoryFormat fmt) {
+  const int64_t cols = c10::multiply_integers(t.sizes().slice(1));
+  if (fmt == at::MemoryFormat::ChannelsLast && !t.is_contiguous()) {
+    TORCH_INTERNAL_ASSERT(t.is_contiguous(at::MemoryFormat::ChannelsLast));
+    return t.permute({0, 2, 3, 1}).view({t.size(0), cols});
+  }
+  TORCH_INTERNAL_ASSERT(t.is_contiguous());
+  return t.view({t.size(0), cols});
+}
+
+// A per-feature vector of `t`'s features (C·H·W in (C, H, W) order) in the order of rows_view(t)'s
+// columns, and back.
+Tensor to_row_order(const Tensor& v, const Tensor& t, at::MemoryFormat fmt) {
+  if (fmt != at::MemoryFormat::ChannelsLast) return v;
+  return v.view({t.size(1), t.size(2), t.size(3)}).permute({1, 2, 0}).contiguous().view({-1});
+}
+Tensor from_row_order(const Tensor& v, const Tensor& t, at::MemoryFormat fmt) {
+  if (fmt != at::MemoryFormat::ChannelsLast) return v;
+  return v.view({t.size(2), t.size(3), t.size(1)}).permute({2, 0, 1}).contiguous().view({-1});
 }
 
 // The backward ops read z, ĝ, r, ȳ by raw pointer: check what the forward would have produced.
@@ -90,17 +118,17 @@ void check_mlp_shapes(const Tensor& x, const Tensor& w1, const Tensor& w2) {
                     w1.sizes(), ", ", w2.sizes());
 }
 
-// The backward's tensor arguments, checked and made contiguous.
+// The backward's tensor arguments, checked; per-sample ones dense in `fmt`, the rest contiguous.
 struct BwdInputs {
   Tensor y_bar, x, w1, w2, z, a, g_hat, r;
 };
 
 BwdInputs prepare_bwd(const Tensor& y_bar, const Tensor& x, const Tensor& w1, const Tensor& w2,
                       const Tensor& alpha, const Tensor& z, const Tensor& a, const Tensor& g_hat,
-                      const Tensor& r, bool normalize) {
+                      const Tensor& r, bool normalize, at::MemoryFormat fmt) {
   check_bwd_inputs(y_bar, x, w1, w2, alpha, z, a, g_hat, r, normalize);
-  return {y_bar.contiguous(), x.contiguous(), w1.contiguous(), w2.contiguous(),
-          z.contiguous(),     a.contiguous(), g_hat.contiguous(), r.contiguous()};
+  return {y_bar.contiguous(fmt), x.contiguous(fmt), w1.contiguous(), w2.contiguous(),
+          z.contiguous(fmt),     a.contiguous(fmt), g_hat.contiguous(fmt), r.contiguous()};
 }
 
 Tensor empty_r(const Tensor& x, bool normalize) {
@@ -111,16 +139,20 @@ Tensor empty_r(const Tensor& x, bool normalize) {
 // The two block families as sets of linear maps (the C++ twin of gradres_fused/blocks.py): the
 // forward and backward below are written once over a family. Every tensor a fused stage reads is
 // viewed as (samples, features) with rows_view, which leaves the MLP's 2-D tensors as they are.
+// lin and adjoint return per-sample tensors dense in the block's memory format `fmt`.
 
 // MLP: x (N, D), w1 (H, D), w2 (D, H) in the nn.Linear convention; s = W2ᵀ1.
 struct MLP {
   static void check(const Tensor& x, const Tensor& w1, const Tensor& w2) {
     check_mlp_shapes(x, w1, w2);
   }
-  static Tensor lin(const Tensor& t, const Tensor& w, const c10::optional<Tensor>& b) {
+  static Tensor lin(const Tensor& t, const Tensor& w, const c10::optional<Tensor>& b,
+                    at::MemoryFormat /*fmt: always contiguous*/) {
     return b ? at::addmm(*b, t, w.t()) : at::mm(t, w.t());
   }
-  static Tensor adjoint(const Tensor& t, const Tensor& w) { return at::mm(t, w); }
+  static Tensor adjoint(const Tensor& t, const Tensor& w, at::MemoryFormat /*fmt*/) {
+    return at::mm(t, w);
+  }
   static Tensor weight_grad(const Tensor& inp, const Tensor& grad_out, const Tensor& /*w*/) {
     return at::mm(grad_out.t(), inp);
   }
@@ -139,8 +171,11 @@ struct MLP {
 // Conv: x (N, C, H, W), w1 (Cm, C, k1h, k1w), w2 (C, Cm, k2h, k2w), odd kernels, 'same' padding.
 std::vector<int64_t> same_pad(const Tensor& w) { return {w.size(2) / 2, w.size(3) / 2}; }
 
-Tensor conv(const Tensor& t, const Tensor& w, const c10::optional<Tensor>& b, bool transposed) {
-  return at::convolution(t, w, b, {1, 1}, same_pad(w), {1, 1}, transposed, {0, 0}, 1).contiguous();
+// The convolution, dense in `fmt` (a no-op when ATen's kernel already returns that layout).
+Tensor conv(const Tensor& t, const Tensor& w, const c10::optional<Tensor>& b, bool transposed,
+            at::MemoryFormat fmt) {
+  return at::convolution(t, w, b, {1, 1}, same_pad(w), {1, 1}, transposed, {0, 0}, 1)
+      .contiguous(fmt);
 }
 
 // R[u, i] = 1 where kernel tap u reaches output row i: 0 ≤ i − u + k/2 < n.
@@ -165,21 +200,27 @@ struct Conv {
   static void check(const Tensor& x, const Tensor& w1, const Tensor& w2) {
     check_conv_shapes(x, w1, w2);
   }
-  static Tensor lin(const Tensor& t, const Tensor& w, const c10::optional<Tensor>& b) {
-    return conv(t, w, b, false);
+  static Tensor lin(const Tensor& t, const Tensor& w, const c10::optional<Tensor>& b,
+                    at::MemoryFormat fmt) {
+    return conv(t, w, b, false, fmt);
   }
-  static Tensor adjoint(const Tensor& t, const Tensor& w) { return conv(t, w, c10::nullopt, true); }
+  static Tensor adjoint(const Tensor& t, const Tensor& w, at::MemoryFormat fmt) {
+    return conv(t, w, c10::nullopt, true, fmt);
+  }
+  // Weight gradients contiguous like the weights (channels_last activations may give them
+  // channels_last).
   static Tensor weight_grad(const Tensor& inp, const Tensor& grad_out, const Tensor& w) {
     return std::get<1>(at::convolution_backward(grad_out, inp, w, c10::nullopt, {1, 1},
                                                 same_pad(w), {1, 1}, false, {0, 0}, 1,
-                                                {false, true, false}));
+                                                {false, true, false}))
+        .contiguous();
   }
   static std::tuple<Tensor, Tensor> lin2_grads(const Tensor& y_bar, const Tensor& a,
                                                const Tensor& w2) {
     const std::vector<int64_t> b2_sizes = {w2.size(0)};
     auto g = at::convolution_backward(y_bar, a, w2, b2_sizes, {1, 1}, same_pad(w2), {1, 1},
                                       false, {0, 0}, 1, {false, true, true});
-    return {std::get<1>(g), std::get<2>(g)};
+    return {std::get<1>(g).contiguous(), std::get<2>(g)};
   }
   // S[c,i,j] = Σ_{u,v} W2.sum(0)[c,u,v] R[u,i] Q[v,j]: ∂ΣF/∂a, independent of x; flattened.
   static Tensor smap(const Tensor& w2, const Tensor& x) {
@@ -209,17 +250,18 @@ Tensor5 block_fwd(const Tensor& x_, const Tensor& w1_, const c10::optional<Tenso
   check_inputs(x_, w1_, b1, w2_, b2, alpha);
   Fam::check(x_, w1_, w2_);
   const Act act = parse_act(activation);
-  const Tensor x = x_.contiguous(), w1 = w1_.contiguous(), w2 = w2_.contiguous();
-  Tensor z = Fam::lin(x, w1, b1);
-  const Tensor s = Fam::smap(w2, x);
-  Tensor a = at::empty_like(z), d = at::empty_like(z);
-  Tensor av = rows_view(a), dv = rows_view(d);
-  act_fwd(rows_view(z), s, act, av, dv);
-  Tensor y = Fam::lin(a, w2, b2);                  // F; becomes y in place
-  Tensor g = Fam::adjoint(d, w1);                  // g; becomes ĝ in place
+  const at::MemoryFormat fmt = sample_format(x_);
+  const Tensor x = x_.contiguous(fmt), w1 = w1_.contiguous(), w2 = w2_.contiguous();
+  Tensor z = Fam::lin(x, w1, b1, fmt);
+  const Tensor s = to_row_order(Fam::smap(w2, x), z, fmt);
+  Tensor a = at::empty_like(z, z.options(), fmt), d = at::empty_like(z, z.options(), fmt);
+  Tensor av = rows_view(a, fmt), dv = rows_view(d, fmt);
+  act_fwd(rows_view(z, fmt), s, act, av, dv);
+  Tensor y = Fam::lin(a, w2, b2, fmt);             // F; becomes y in place
+  Tensor g = Fam::adjoint(d, w1, fmt);             // g; becomes ĝ in place
   Tensor r = empty_r(x, normalize);
-  Tensor yv = rows_view(y), gv = rows_view(g);
-  mix_fwd(yv, gv, rows_view(x), alpha, normalize, eps, r);
+  Tensor yv = rows_view(y, fmt), gv = rows_view(g, fmt);
+  mix_fwd(yv, gv, rows_view(x, fmt), alpha, normalize, eps, r);
   return {y, z, a, g, r};
 }
 
@@ -232,46 +274,49 @@ Tensor6 block_bwd(const Tensor& y_bar_, const Tensor& x_, const Tensor& w1_,
                   double /*eps: for autograd only*/, bool detach) {
   const Act act = parse_act(activation);
   Fam::check(x_, w1_, w2_);
+  const at::MemoryFormat fmt = sample_format(x_);
   const auto [y_bar, x, w1, w2, z, a, g_hat, r] =
-      prepare_bwd(y_bar_, x_, w1_, w2_, alpha, z_, a_, g_hat_, r_, normalize);
+      prepare_bwd(y_bar_, x_, w1_, w2_, alpha, z_, a_, g_hat_, r_, normalize, fmt);
   const int64_t N = x.size(0);
   // Stacked operands of the one W̄1 GEMM/conv: [z̄; d]ᵀ [x; ḡ] (detach mode: z̄ᵀ x).
-  auto stacked = [](const Tensor& like) {
+  auto stacked = [fmt](const Tensor& like) {
     auto sizes = like.sizes().vec();
     sizes[0] *= 2;
-    return at::empty(sizes, like.options());
+    return at::empty(sizes, like.options().memory_format(fmt));
   };
   Tensor xs = detach ? x : stacked(x);
-  Tensor zs = detach ? at::empty_like(z) : stacked(z);
+  Tensor zs = detach ? at::empty_like(z, z.options(), fmt) : stacked(z);
   Tensor g_bar = detach ? Tensor() : xs.narrow(0, N, N);
-  Tensor gbv = detach ? Tensor() : rows_view(g_bar);
-  Tensor xcv = detach ? Tensor() : rows_view(xs.narrow(0, 0, N));
+  Tensor gbv = detach ? Tensor() : rows_view(g_bar, fmt);
+  Tensor xcv = detach ? Tensor() : rows_view(xs.narrow(0, 0, N), fmt);
   Tensor alpha_bar = at::empty_like(alpha);
   Tensor no_x_bar;
   if (!detach)  // ḡ is needed before the d̄ GEMM; ᾱ comes with it
-    mix_bwd(rows_view(y_bar), rows_view(g_hat), rows_view(x), r, alpha, normalize, detach, gbv,
-            xcv, alpha_bar, no_x_bar);
+    mix_bwd(rows_view(y_bar, fmt), rows_view(g_hat, fmt), rows_view(x, fmt), r, alpha, normalize,
+            detach, gbv, xcv, alpha_bar, no_x_bar);
 
-  const Tensor a_bar = Fam::adjoint(y_bar, w2);
-  const Tensor d_bar = detach ? Tensor() : Fam::lin(g_bar, w1, c10::nullopt);
-  const Tensor s = Fam::smap(w2, x);
+  const Tensor a_bar = Fam::adjoint(y_bar, w2, fmt);
+  const Tensor d_bar = detach ? Tensor() : Fam::lin(g_bar, w1, c10::nullopt, fmt);
+  const Tensor s = to_row_order(Fam::smap(w2, x), z, fmt);
   Tensor z_bar = zs.narrow(0, 0, N);
-  Tensor zbv = rows_view(z_bar);
-  Tensor dv = detach ? Tensor() : rows_view(zs.narrow(0, N, N));
+  Tensor zbv = rows_view(z_bar, fmt);
+  Tensor dv = detach ? Tensor() : rows_view(zs.narrow(0, N, N), fmt);
   Tensor zbar_colsum = at::empty_like(s);
   Tensor s_bar = detach ? Tensor() : at::empty_like(s);
-  act_bwd(rows_view(z), rows_view(a_bar), detach ? Tensor() : rows_view(d_bar), s, act, detach,
-          zbv, dv, zbar_colsum, s_bar);
+  act_bwd(rows_view(z, fmt), rows_view(a_bar, fmt), detach ? Tensor() : rows_view(d_bar, fmt), s,
+          act, detach, zbv, dv, zbar_colsum, s_bar);
+  zbar_colsum = from_row_order(zbar_colsum, z, fmt);
+  if (!detach) s_bar = from_row_order(s_bar, z, fmt);
 
   auto [w2_bar, b2_bar] = Fam::lin2_grads(y_bar, a, w2);
   if (!detach) Fam::add_smap_adjoint(w2_bar, s_bar, x);
   Tensor w1_bar = Fam::weight_grad(xs, zs, w1);
   Tensor b1_bar = Fam::bias_grad(zbar_colsum, w1);
-  Tensor x_bar = Fam::adjoint(z_bar, w1);
+  Tensor x_bar = Fam::adjoint(z_bar, w1, fmt);
   if (detach) {  // ᾱ and x̄ += (1 − m)ȳ in one pass over ȳ
-    Tensor xbv = rows_view(x_bar);
-    mix_bwd(rows_view(y_bar), rows_view(g_hat), rows_view(x), r, alpha, normalize, detach, gbv,
-            xcv, alpha_bar, xbv);
+    Tensor xbv = rows_view(x_bar, fmt);
+    mix_bwd(rows_view(y_bar, fmt), rows_view(g_hat, fmt), rows_view(x, fmt), r, alpha, normalize,
+            detach, gbv, xcv, alpha_bar, xbv);
   } else {
     add_skip_grad(x_bar, y_bar, alpha);
   }

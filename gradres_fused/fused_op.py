@@ -40,19 +40,25 @@ def op(qualname: str):
     return getattr(getattr(torch.ops, namespace), name).default
 
 
-def register(fwd_name: str, bwd_name: str, family: str, fake_saved: Callable) -> None:
+def _empty_contiguous_like(x):
+    return x.new_empty(x.shape)
+
+
+def register(fwd_name: str, bwd_name: str, family: str, fake_saved: Callable,
+             fake_like_x: Callable = _empty_contiguous_like) -> None:
     """Fake kernels and autograd for one fwd/bwd pair. `fake_saved(x, w1, normalize)` returns
-    empty tensors shaped like the forward's (z, a, ĝ, r)."""
+    empty tensors like the forward's (z, a, ĝ, r); `fake_like_x(x)` an empty tensor laid out like
+    the op's y and x̄ (contiguous unless the backend keeps x's memory format)."""
     fam = FAMILIES[family]
 
     @torch.library.register_fake(fwd_name)
     def _fwd_fake(x, w1, b1, w2, b2, alpha, activation, normalize, eps, detach):
-        return (x.new_empty(x.shape), *fake_saved(x, w1, normalize))
+        return (fake_like_x(x), *fake_saved(x, w1, normalize))
 
     @torch.library.register_fake(bwd_name)
     def _bwd_fake(y_bar, x, w1, b1, w2, alpha, z, a, g_hat, r, activation, normalize, eps,
                   detach):
-        return (x.new_empty(x.shape), w1.new_empty(w1.shape), w1.new_empty((w1.shape[0],)),
+        return (fake_like_x(x), w1.new_empty(w1.shape), w1.new_empty((w1.shape[0],)),
                 w2.new_empty(w2.shape), w2.new_empty((w2.shape[0],)),
                 alpha.new_empty(alpha.shape))
 
