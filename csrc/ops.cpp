@@ -1,7 +1,7 @@
 // gradres_fused C++ ops: schemas, and the block-family glue around the fused stages.
 //
 // GEMMs and convolutions go through ATen (MKL/oneDNN on CPU, cuBLAS/cuDNN on CUDA); everything
-// between them runs in the fused passes of epilogues.h. The same glue serves CPU and CUDA: the
+// between them runs in the fused passes of stages.h. The same glue serves CPU and CUDA: the
 // stages dispatch on the tensors' device. Autograd and fake (meta) kernels are registered from
 // Python (gradres_fused/cpp.py): the forward's backward is the fused *_bwd op, whose own backward
 // is the composite implementation.
@@ -12,7 +12,7 @@
 #include <string>
 #include <tuple>
 
-#include "epilogues.h"
+#include "stages.h"
 
 namespace gradres {
 namespace {

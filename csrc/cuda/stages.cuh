@@ -1,4 +1,4 @@
-// CUDA launchers for the fused stages of epilogues.h — torch-free (raw pointers, sizes, a stream),
+// CUDA launchers for the fused stages of stages.h — torch-free (raw pointers, sizes, a stream),
 // so `nvcc -c` checks them on machines without a GPU or a CUDA build of torch. Instantiated for
 // float, double, __half and __nv_bfloat16. All tensors are contiguous (rows, cols);
 // m = sigmoid(alpha[0]) is read on the device.

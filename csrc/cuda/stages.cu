@@ -1,8 +1,8 @@
-// CUDA kernels for the fused stages (see epilogues.cuh). Torch-free: compiled by `nvcc -c` in CI.
+// CUDA kernels for the fused stages (see stages.cuh). Torch-free: compiled by `nvcc -c` in CI.
 //
 // Reductions are deterministic: per-row or per-chunk partials written to scratch, then summed in a
 // fixed order by a second kernel — no float atomics, so results are bitwise reproducible.
-#include "epilogues.cuh"
+#include "stages.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

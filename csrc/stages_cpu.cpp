@@ -1,7 +1,7 @@
-// CPU implementations of the fused stages declared in epilogues.h: one at::parallel_for pass each.
+// CPU implementations of the fused stages declared in stages.h: one at::parallel_for pass each.
 // Elementwise math runs in at::opmath_type; every reduction (row norms, dots, ᾱ, column sums over
 // up to N rows) accumulates in double, so float32 results stay within ~1e-7 of a float64 sum.
-#include "epilogues.h"
+#include "stages.h"
 
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>

@@ -1,5 +1,5 @@
-// CUDA side of the epilogues.h entry points: takes ATen tensors, the current stream and scratch
-// from the caching allocator, and launches the torch-free kernels of epilogues.cu. Compiled only
+// CUDA side of the stages.h entry points: takes ATen tensors, the current stream and scratch
+// from the caching allocator, and launches the torch-free kernels of stages.cu. Compiled only
 // in a CUDAExtension build (WITH_CUDA), next to the ATen GEMMs/convs of ops.cpp.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAStream.h>
@@ -8,8 +8,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include "../epilogues.h"
-#include "epilogues.cuh"
+#include "../stages.h"
+#include "stages.cuh"
 
 namespace gradres {
 namespace {

@@ -1,8 +1,8 @@
 // The fused elementwise / reduction stages of the gradient residual block (docs/DESIGN.md §1–§2), on 2-D
-// contiguous views: "rows" are samples (MLP rows, or conv samples flattened), P = hidden width
+// dense views: "rows" are samples (MLP rows, or conv samples flattened), P = hidden width
 // (H, or Cm·H·W for conv), Q = block width (D, or C·H·W). Everything between the GEMMs/convs runs
 // here in one pass per stage. Each entry point dispatches on the device: CPU implementations in
-// epilogues_cpu.cpp (at::parallel_for), CUDA ones in cuda/bindings.cpp around cuda/epilogues.cu.
+// stages_cpu.cpp (at::parallel_for), CUDA ones in cuda/stages_cuda.cpp around cuda/stages.cu.
 #pragma once
 
 #include <ATen/ATen.h>
