@@ -1,7 +1,10 @@
-// CPU implementations of the fused stages declared in stages.h: one at::parallel_for pass each.
+// The fused stages of stages.h on CPU (CpuStages): one at::parallel_for pass each; registered with
+// the dispatcher as the ops' CPU kernels, through the block glue of blocks.h.
 // Elementwise math runs in at::opmath_type; every reduction (row norms, dots, ᾱ, column sums over
 // up to N rows) accumulates in double, so float32 results stay within ~1e-7 of a float64 sum.
 #include "stages.h"
+
+#include "blocks.h"
 
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -259,49 +262,35 @@ void add_skip_grad_cpu(Tensor& out, const Tensor& y_bar, const Tensor& alpha) {
 #define GRADRES_CPU_FLOATS(t, name, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), name, __VA_ARGS__)
 
-void act_fwd(const Tensor& z, const Tensor& s, Act act, Tensor& a, Tensor& d) {
+void CpuStages::act_fwd(const Tensor& z, const Tensor& s, Act act, Tensor& a, Tensor& d) {
   RECORD_FUNCTION("gradres::act_fwd", std::vector<c10::IValue>());
-#ifdef WITH_CUDA
-  if (z.is_cuda()) return act_fwd_cuda(z, s, act, a, d);
-#endif
   GRADRES_CPU_FLOATS(z, "gradres act_fwd", [&] {
     GRADRES_DISPATCH_ACT(act, [&] { act_fwd_cpu<scalar_t, A>(z, s, a, d); });
   });
 }
 
-void mix_fwd(Tensor& f, Tensor& g, const Tensor& x, const Tensor& alpha, bool normalize,
-             double eps, Tensor& r) {
+void CpuStages::mix_fwd(Tensor& f, Tensor& g, const Tensor& x, const Tensor& alpha,
+                        bool normalize, double eps, Tensor& r) {
   RECORD_FUNCTION("gradres::mix_fwd", std::vector<c10::IValue>());
-#ifdef WITH_CUDA
-  if (f.is_cuda()) return mix_fwd_cuda(f, g, x, alpha, normalize, eps, r);
-#endif
   GRADRES_CPU_FLOATS(f, "gradres mix_fwd", [&] {
     mix_fwd_cpu<scalar_t>(f, g, x, alpha, normalize, eps, r);
   });
 }
 
-void mix_bwd(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x, const Tensor& r,
-             const Tensor& alpha, bool normalize, bool detach, Tensor& g_bar, Tensor& x_copy,
-             Tensor& alpha_bar, Tensor& x_bar) {
+void CpuStages::mix_bwd(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x,
+                        const Tensor& r, const Tensor& alpha, bool normalize, bool detach,
+                        Tensor& g_bar, Tensor& x_copy, Tensor& alpha_bar, Tensor& x_bar) {
   RECORD_FUNCTION("gradres::mix_bwd", std::vector<c10::IValue>());
-#ifdef WITH_CUDA
-  if (y_bar.is_cuda())
-    return mix_bwd_cuda(y_bar, g_hat, x, r, alpha, normalize, detach, g_bar, x_copy, alpha_bar,
-                        x_bar);
-#endif
   GRADRES_CPU_FLOATS(y_bar, "gradres mix_bwd", [&] {
     mix_bwd_cpu<scalar_t>(y_bar, g_hat, x, r, alpha, normalize, detach, g_bar, x_copy,
                           alpha_bar, x_bar);
   });
 }
 
-void act_bwd(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar, const Tensor& s, Act act,
-             bool detach, Tensor& z_bar, Tensor& d, Tensor& zbar_colsum, Tensor& s_bar) {
+void CpuStages::act_bwd(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar,
+                        const Tensor& s, Act act, bool detach, Tensor& z_bar, Tensor& d,
+                        Tensor& zbar_colsum, Tensor& s_bar) {
   RECORD_FUNCTION("gradres::act_bwd", std::vector<c10::IValue>());
-#ifdef WITH_CUDA
-  if (z.is_cuda())
-    return act_bwd_cuda(z, a_bar, d_bar, s, act, detach, z_bar, d, zbar_colsum, s_bar);
-#endif
   GRADRES_CPU_FLOATS(z, "gradres act_bwd", [&] {
     GRADRES_DISPATCH_ACT(act, [&] {
       act_bwd_cpu<scalar_t, A>(z, a_bar, d_bar, s, detach, z_bar, d, zbar_colsum, s_bar);
@@ -309,14 +298,15 @@ void act_bwd(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar, const Te
   });
 }
 
-void add_skip_grad(Tensor& out, const Tensor& y_bar, const Tensor& alpha) {
+void CpuStages::add_skip_grad(Tensor& out, const Tensor& y_bar, const Tensor& alpha) {
   RECORD_FUNCTION("gradres::add_skip_grad", std::vector<c10::IValue>());
-#ifdef WITH_CUDA
-  if (out.is_cuda()) return add_skip_grad_cuda(out, y_bar, alpha);
-#endif
   GRADRES_CPU_FLOATS(out, "gradres add_skip_grad", [&] {
     add_skip_grad_cpu<scalar_t>(out, y_bar, alpha);
   });
 }
 
 }  // namespace gradres
+
+TORCH_LIBRARY_IMPL(gradres_fused, CPU, m) {
+  gradres::blocks::register_blocks<gradres::CpuStages>(m);
+}

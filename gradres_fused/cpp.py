@@ -48,7 +48,7 @@ def _name(family: str, stage: str) -> str:
 
 def _sample_format(x: torch.Tensor) -> torch.memory_format:
     """The memory format the ops keep for per-sample tensors (y, z, a, ĝ, x̄): channels_last when x
-    is (and is not also contiguous), contiguous otherwise — csrc/ops.cpp's sample_format."""
+    is (and is not also contiguous), contiguous otherwise — csrc/blocks.h's sample_format."""
     if (x.dim() == 4 and not x.is_contiguous()
             and x.is_contiguous(memory_format=torch.channels_last)):
         return torch.channels_last

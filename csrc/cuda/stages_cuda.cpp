@@ -1,13 +1,16 @@
-// CUDA side of the stages.h entry points: takes ATen tensors, the current stream and scratch
-// from the caching allocator, and launches the torch-free kernels of stages.cu. Compiled only
-// in a CUDAExtension build (WITH_CUDA), next to the ATen GEMMs/convs of ops.cpp.
+// The fused stages of stages.h on CUDA (CudaStages): take ATen tensors, the current stream and
+// scratch from the caching allocator, and launch the torch-free kernels of stages.cu; registered
+// with the dispatcher as the ops' CUDA kernels, through the block glue of blocks.h. Compiled only
+// in a CUDAExtension build (WITH_CUDA).
 #include <ATen/ATen.h>
+#include <ATen/record_function.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "../blocks.h"
 #include "../stages.h"
 #include "stages.cuh"
 
@@ -40,8 +43,9 @@ at::ScalarType red_type(const Tensor& t) {
 
 }  // namespace
 
-void act_fwd_cuda(const Tensor& z, const Tensor& s, Act act, Tensor& a, Tensor& d) {
-  c10::cuda::CUDAGuard guard(z.device());
+void CudaStages::act_fwd(const Tensor& z, const Tensor& s, Act act, Tensor& a, Tensor& d) {
+  RECORD_FUNCTION("gradres::act_fwd", std::vector<c10::IValue>());
+  c10::cuda::CUDAGuard device_guard(z.device());
   GRADRES_CUDA_FLOATS(z, "gradres act_fwd_cuda", [&] {
     cuda::act_fwd(ptr<scalar_t>(z), ptr<scalar_t>(s), ptr<scalar_t>(a), ptr<scalar_t>(d),
                   z.size(0), z.size(1), act, c10::cuda::getCurrentCUDAStream());
@@ -49,9 +53,10 @@ void act_fwd_cuda(const Tensor& z, const Tensor& s, Act act, Tensor& a, Tensor& 
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void mix_fwd_cuda(Tensor& f, Tensor& g, const Tensor& x, const Tensor& alpha, bool normalize,
-                  double eps, Tensor& r) {
-  c10::cuda::CUDAGuard guard(f.device());
+void CudaStages::mix_fwd(Tensor& f, Tensor& g, const Tensor& x, const Tensor& alpha,
+                         bool normalize, double eps, Tensor& r) {
+  RECORD_FUNCTION("gradres::mix_fwd", std::vector<c10::IValue>());
+  c10::cuda::CUDAGuard device_guard(f.device());
   Tensor scratch = at::empty({cuda::row_scratch_elems(f.size(0), f.size(1))},
                              f.options().dtype(red_type(f)));
   GRADRES_CUDA_FLOATS(f, "gradres mix_fwd_cuda", [&] {
@@ -62,10 +67,11 @@ void mix_fwd_cuda(Tensor& f, Tensor& g, const Tensor& x, const Tensor& alpha, bo
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void mix_bwd_cuda(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x, const Tensor& r,
-                  const Tensor& alpha, bool normalize, bool detach, Tensor& g_bar,
-                  Tensor& x_copy, Tensor& alpha_bar, Tensor& x_bar) {
-  c10::cuda::CUDAGuard guard(y_bar.device());
+void CudaStages::mix_bwd(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x,
+                         const Tensor& r, const Tensor& alpha, bool normalize, bool detach,
+                         Tensor& g_bar, Tensor& x_copy, Tensor& alpha_bar, Tensor& x_bar) {
+  RECORD_FUNCTION("gradres::mix_bwd", std::vector<c10::IValue>());
+  c10::cuda::CUDAGuard device_guard(y_bar.device());
   Tensor scratch = at::empty({cuda::row_scratch_elems(y_bar.size(0), y_bar.size(1))},
                              y_bar.options().dtype(red_type(y_bar)));
   GRADRES_CUDA_FLOATS(y_bar, "gradres mix_bwd_cuda", [&] {
@@ -79,10 +85,11 @@ void mix_bwd_cuda(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x, con
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void act_bwd_cuda(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar, const Tensor& s,
-                  Act act, bool detach, Tensor& z_bar, Tensor& d, Tensor& zbar_colsum,
-                  Tensor& s_bar) {
-  c10::cuda::CUDAGuard guard(z.device());
+void CudaStages::act_bwd(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar,
+                         const Tensor& s, Act act, bool detach, Tensor& z_bar, Tensor& d,
+                         Tensor& zbar_colsum, Tensor& s_bar) {
+  RECORD_FUNCTION("gradres::act_bwd", std::vector<c10::IValue>());
+  c10::cuda::CUDAGuard device_guard(z.device());
   Tensor scratch = at::empty({cuda::act_bwd_scratch_elems(z.size(0), z.size(1), detach)},
                              z.options().dtype(red_type(z)));
   GRADRES_CUDA_FLOATS(z, "gradres act_bwd_cuda", [&] {
@@ -95,8 +102,9 @@ void act_bwd_cuda(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar, con
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void add_skip_grad_cuda(Tensor& out, const Tensor& y_bar, const Tensor& alpha) {
-  c10::cuda::CUDAGuard guard(out.device());
+void CudaStages::add_skip_grad(Tensor& out, const Tensor& y_bar, const Tensor& alpha) {
+  RECORD_FUNCTION("gradres::add_skip_grad", std::vector<c10::IValue>());
+  c10::cuda::CUDAGuard device_guard(out.device());
   GRADRES_CUDA_FLOATS(out, "gradres add_skip_grad_cuda", [&] {
     cuda::add_skip_grad(ptr<scalar_t>(out), ptr<scalar_t>(y_bar), ptr<scalar_t>(alpha),
                         out.numel(), c10::cuda::getCurrentCUDAStream());
@@ -105,3 +113,7 @@ void add_skip_grad_cuda(Tensor& out, const Tensor& y_bar, const Tensor& alpha) {
 }
 
 }  // namespace gradres
+
+TORCH_LIBRARY_IMPL(gradres_fused, CUDA, m) {
+  gradres::blocks::register_blocks<gradres::CudaStages>(m);
+}
