@@ -34,7 +34,7 @@ def extension_modules():
     cxx = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
     if _use_cuda():
         # Sources only: a glob such as "*.c*" would take the .cuh header too, and ninja then has
-        # two rules for csrc/cuda/epilogues.o.
+        # two rules for csrc/cuda/stages.o.
         cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp"))
                               + glob.glob(os.path.join("csrc", "cuda", "*.cu")))
         # Unset TORCH_CUDA_ARCH_LIST makes torch build for the visible GPU only (or fail without

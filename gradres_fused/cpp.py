@@ -46,20 +46,38 @@ def _name(family: str, stage: str) -> str:
     return f"gradres_fused::{OPS[family]}_{stage}"
 
 
+def _sample_format(x: torch.Tensor) -> torch.memory_format:
+    """The memory format the ops keep for per-sample tensors (y, z, a, ĝ, x̄): channels_last when x
+    is (and is not also contiguous), contiguous otherwise — csrc/blocks.h's sample_format."""
+    if (x.dim() == 4 and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last)):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _empty_per_sample(shape, x: torch.Tensor) -> torch.Tensor:
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_sample_format(x))
+
+
+def _empty_like_x(x: torch.Tensor) -> torch.Tensor:
+    return _empty_per_sample(x.shape, x)
+
+
 def _fake_saved(family: str):
-    """z and a are hidden-shaped, ĝ like x, r one per sample (empty unless normalize)."""
+    """z and a are hidden-shaped, ĝ like x, r one per sample (empty unless normalize) in
+    fused_op.norm_dtype."""
     def saved(x, w1, normalize):
         hidden = ((x.shape[0], w1.shape[0]) if family == "mlp"
                   else (x.shape[0], w1.shape[0], *x.shape[2:]))
-        return (x.new_empty(hidden), x.new_empty(hidden), x.new_empty(x.shape),
-                x.new_empty((x.shape[0] if normalize else 0,)))
+        return (_empty_per_sample(hidden, x), _empty_per_sample(hidden, x), _empty_like_x(x),
+                x.new_empty((x.shape[0] if normalize else 0,), dtype=fused_op.norm_dtype(x.dtype)))
     return saved
 
 
 if IMPORT_ERROR is None:
     for _family in OPS:
         fused_op.register(_name(_family, "fwd"), _name(_family, "bwd"), _family,
-                          _fake_saved(_family))
+                          _fake_saved(_family), fake_like_x=_empty_like_x)
 
 
 def gradres_mlp(x, w1, b1, w2, b2, alpha, **options):

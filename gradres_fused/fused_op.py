@@ -6,7 +6,8 @@
         -> (x̄, W̄1, b̄1, W̄2, b̄2, ᾱ)
 
 z, a, ĝ, r are what the backend's backward reads (a backend that recomputes them returns empty
-tensors); autograd never differentiates them. Fake (meta) kernels let torch.compile trace the ops.
+tensors); autograd never differentiates them. r, the per-sample norms, is kept in the accumulation
+type (`norm_dtype`), not in x's: a bfloat16 r alone would cost up to 2⁻⁹ relative error in ḡ. Fake (meta) kernels let torch.compile trace the ops.
 The forward's backward is the fused bwd op; the bwd op's own backward is the composite
 implementation (`composite.recomputed_backward`, a VJP taken by autograd), so a gradient of the
 backward — and any higher order — is exact, if slower.
@@ -29,24 +30,35 @@ BWD_SCHEMA = ("(Tensor y_bar, Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor
               "float eps, bool detach) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
 
 
+def norm_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype of the saved norms r for inputs of `dtype`: float64 for float64, float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def op(qualname: str):
     namespace, name = qualname.split("::")
     return getattr(getattr(torch.ops, namespace), name).default
 
 
-def register(fwd_name: str, bwd_name: str, family: str, fake_saved: Callable) -> None:
+def _empty_contiguous_like(x):
+    return x.new_empty(x.shape)
+
+
+def register(fwd_name: str, bwd_name: str, family: str, fake_saved: Callable,
+             fake_like_x: Callable = _empty_contiguous_like) -> None:
     """Fake kernels and autograd for one fwd/bwd pair. `fake_saved(x, w1, normalize)` returns
-    empty tensors shaped like the forward's (z, a, ĝ, r)."""
+    empty tensors like the forward's (z, a, ĝ, r); `fake_like_x(x)` an empty tensor laid out like
+    the op's y and x̄ (contiguous unless the backend keeps x's memory format)."""
     fam = FAMILIES[family]
 
     @torch.library.register_fake(fwd_name)
     def _fwd_fake(x, w1, b1, w2, b2, alpha, activation, normalize, eps, detach):
-        return (x.new_empty(x.shape), *fake_saved(x, w1, normalize))
+        return (fake_like_x(x), *fake_saved(x, w1, normalize))
 
     @torch.library.register_fake(bwd_name)
     def _bwd_fake(y_bar, x, w1, b1, w2, alpha, z, a, g_hat, r, activation, normalize, eps,
                   detach):
-        return (x.new_empty(x.shape), w1.new_empty(w1.shape), w1.new_empty((w1.shape[0],)),
+        return (fake_like_x(x), w1.new_empty(w1.shape), w1.new_empty((w1.shape[0],)),
                 w2.new_empty(w2.shape), w2.new_empty((w2.shape[0],)),
                 alpha.new_empty(alpha.shape))
 

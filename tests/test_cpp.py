@@ -14,6 +14,8 @@ from conftest import (ACTIVATIONS, assert_compiled_matches_eager, assert_parity,
 pytestmark = pytest.mark.skipif(cpp.IMPORT_ERROR is not None,
                                 reason=f"cpp backend not built: {cpp.IMPORT_ERROR}")
 ops = torch.ops.gradres_fused
+cuda_only = pytest.mark.skipif(not (torch.cuda.is_available() and cpp.built_with_cuda()),
+                               reason="needs a CUDA device and gradres_fused._C built with CUDA")
 
 
 def _detached(inputs):
@@ -85,12 +87,107 @@ def test_non_contiguous_inputs_give_reference_results():
         assert_parity(got, want, torch.float64, first_order=n)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[cuda_only, pytest.mark.cuda])])
+@pytest.mark.parametrize("detach", [True, False], ids=["detach", "second_order"])
+def test_conv_keeps_channels_last(detach, device):
+    """A channels_last x gives a channels_last y and x̄ (as the reference does), equal to the
+    reference's; the fake kernels say the same layout."""
+    base = [t.to(device) for t in _detached(conv_inputs(3, 4, 5, 6, 7))]
+    x = base[0].contiguous(memory_format=torch.channels_last)
+    assert not x.is_contiguous()
+    inputs = [x.requires_grad_(), *[t.requires_grad_() for t in base[1:]]]
+    proj = torch.randn(x.shape, dtype=torch.float64, device=device)
+
+    def block(backend):
+        return functools.partial(gf.gradres_conv2d, activation="silu", detach=detach,
+                                 backend=backend)
+    y = block("cpp")(*inputs)
+    (x_bar,) = torch.autograd.grad((y * proj).sum(), inputs[0])
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert x_bar.is_contiguous(memory_format=torch.channels_last)
+    got, n = outputs_and_grads(block("cpp"), inputs, proj)
+    want, _ = outputs_and_grads(block("reference"), inputs, proj)
+    assert_parity([t.cpu() for t in got], [t.cpu() for t in want], torch.float64, first_order=n)
+    args = (*_detached(inputs), "silu", True, 1e-6, detach)
+    torch.library.opcheck(ops.conv_fwd, args, test_utils=("test_schema", "test_faketensor"))
+    _, z, a, g_hat, r = ops.conv_fwd(*args)
+    torch.library.opcheck(ops.conv_bwd, (proj, args[0], args[1], args[2], args[3], args[5], z, a,
+                                         g_hat, r, *args[6:]),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
 def test_conv_empty_batch_gradients_are_zero():
     x, w1, b1, w2, b2, alpha = conv_inputs(0, 2, 3, 5, 3)
     y = gf.gradres_conv2d(x, w1, b1, w2, b2, alpha, backend="cpp", detach=False)
     y.sum().backward()
     for t in (w1, b1, w2, b2, alpha):
         assert torch.equal(t.grad, torch.zeros_like(t)), t.shape
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[cuda_only, pytest.mark.cuda])])
+@pytest.mark.parametrize("family", ["mlp", "conv"])
+def test_saved_norms_stay_float32_for_bfloat16(family, device):
+    """The ops take bfloat16 as it is (on CPU too) and keep the saved r in float32. Small integer
+    inputs and weights with relu make every bfloat16 GEMM/conv exact, so r must be the float32 of
+    the exact norm — where rounding r to bfloat16 would cost up to 2⁻⁹."""
+    def ints(*shape, lo=-1, hi=1):
+        return torch.randint(lo, hi + 1, shape).to(torch.float64)
+    if family == "mlp":  # |s| ≤ 16, |g| ≤ 16·16: integers bfloat16 holds exactly
+        x, w1, w2 = ints(256, 16, lo=-3, hi=3), ints(16, 16), ints(16, 16)
+    else:  # 1×1 first conv: |g| ≤ Cm·|s| ≤ 2·18
+        x, w1, w2 = ints(16, 2, 8, 8, lo=-3, hi=3), ints(2, 2, 1, 1), ints(2, 2, 3, 3)
+    b1, b2, alpha, eps = ints(w1.shape[0]), ints(w2.shape[0]), torch.tensor([0.5]), 1e-6
+    xg = x.clone().requires_grad_()
+    f = (torch.relu(xg @ w1.t() + b1) @ w2.t() if family == "mlp" else
+         torch.nn.functional.conv2d(torch.relu(torch.nn.functional.conv2d(xg, w1, b1)), w2,
+                                    padding=1))
+    (g,) = torch.autograd.grad(f.sum(), xg)
+    want = (g.flatten(1).square().sum(1) + eps * eps).sqrt()
+
+    fwd, bwd = getattr(ops, f"{family}_fwd"), getattr(ops, f"{family}_bwd")
+    args = ("relu", True, eps, False)
+    inputs = [t.to(device, torch.bfloat16) for t in (x, w1, b1, w2, b2, alpha)]
+    _, z, a, g_hat, r = fwd(*inputs, *args)
+    assert r.dtype == torch.float32 and g_hat.dtype == torch.bfloat16
+    err = ((r.cpu().double() - want).abs() / want).max().item()
+    err_if_rounded = ((r.cpu().bfloat16().double() - want).abs() / want).max().item()
+    assert err <= 2.0 ** -24 and err_if_rounded > 2.0 ** -12, (err, err_if_rounded)
+    # The backward takes the float32 r, and names r when given one of x's dtype.
+    x, w1, b1, w2, b2, alpha = inputs
+    y_bar = torch.randn_like(x)
+    grads = bwd(y_bar, x, w1, b1, w2, alpha, z, a, g_hat, r, *args)
+    assert all(t.dtype == torch.bfloat16 for t in grads)
+    with pytest.raises(TypeError, match="r: expected dtype Float"):
+        bwd(y_bar, x, w1, b1, w2, alpha, z, a, g_hat, r.bfloat16(), *args)
+    torch.library.opcheck(fwd, (*inputs, *args), test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("detach", [True, False], ids=["detach", "second_order"])
+def test_reductions_are_bit_identical_for_any_thread_count(detach):
+    """ᾱ and the column sums (b̄1) split the rows into chunks fixed by the shape, not by the thread
+    count. With W1 = W2 = I every GEMM before those reductions is exact (products with 0 and 1),
+    so any difference between thread counts would come from the reductions' grouping."""
+    n, dim = 20000, 16  # several row chunks at this width
+    x = torch.randn(n, dim, dtype=torch.float64)
+    eye = torch.eye(dim, dtype=torch.float64)
+    b1, b2, alpha = torch.randn(dim, dtype=torch.float64), None, torch.tensor([0.3],
+                                                                               dtype=torch.float64)
+    args = ("silu", True, 1e-6, detach)
+    _, z, a, g_hat, r = ops.mlp_fwd(x, eye, b1, eye, b2, alpha, *args)
+    y_bar = torch.randn_like(x)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            _, _, b1_bar, _, _, alpha_bar = ops.mlp_bwd(y_bar, x, eye, b1, eye, alpha, z, a, g_hat,
+                                                        r, *args)
+            results.append((b1_bar, alpha_bar))
+    finally:
+        torch.set_num_threads(threads)
+    for b1_bar, alpha_bar in results[1:]:
+        assert torch.equal(b1_bar, results[0][0])
+        assert torch.equal(alpha_bar, results[0][1])
 
 
 @pytest.mark.parametrize("detach", [True, False], ids=["detach", "second_order"])
@@ -118,8 +215,6 @@ def test_torch_compile_fullgraph_traces_the_ops():
 
 
 # ---- CUDA (skipped without a GPU and a CUDA build) ------------------------------------------------
-cuda_only = pytest.mark.skipif(not (torch.cuda.is_available() and cpp.built_with_cuda()),
-                               reason="needs a CUDA device and gradres_fused._C built with CUDA")
 
 
 @cuda_only

@@ -1,0 +1,342 @@
+// The block families' glue around the fused stages (the C++ twin of gradres_fused/blocks.py):
+// argument checks, the forward and backward of docs/DESIGN.md §1–§2 written once over a family
+// (MLP: GEMMs, Conv: convolutions, both through ATen) and once over a device's stages. Each
+// device's stage file registers its kernels with the dispatcher through register_blocks:
+// stages_cpu.cpp for CPU, cuda/stages_cuda.cpp for CUDA. The op schemas are in ops.cpp.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <torch/library.h>
+
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "stages.h"
+
+namespace gradres {
+namespace blocks {
+
+
+using Tensor5 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
+using Tensor6 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+
+inline Act parse_act(c10::string_view name) {
+  for (int i = 0; i < kNumActs; ++i)
+    if (name == kActNames[i]) return static_cast<Act>(i);
+  TORCH_CHECK_VALUE(false, "activation: expected one of relu, gelu, gelu_tanh, silu, tanh, sin; got '",
+                    std::string(name), "'");
+}
+
+inline void check_same(const Tensor& x, const Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.device() == x.device(), name, ": expected a tensor on ", x.device(),
+                    " like x, got ", t.device());
+  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), name, ": expected dtype ",
+                   x.scalar_type(), " like x, got ", t.scalar_type());
+}
+
+inline void check_inputs(const Tensor& x, const Tensor& w1, const c10::optional<Tensor>& b1,
+                  const Tensor& w2, const c10::optional<Tensor>& b2, const Tensor& alpha) {
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "x: expected a floating tensor, got ",
+                   x.scalar_type());
+  check_same(x, w1, "w1");
+  check_same(x, w2, "w2");
+  if (b1) check_same(x, *b1, "b1");
+  if (b2) check_same(x, *b2, "b2");
+  check_same(x, alpha, "alpha");
+  TORCH_CHECK_VALUE(alpha.numel() == 1, "alpha: expected one element, got ", alpha.sizes());
+}
+
+// The dtype of the saved per-sample norms r: the accumulation type (float32, or float64 for
+// float64 x), so that float16/bfloat16 inputs do not round r (a 2⁻⁹ relative error in ḡ for
+// bfloat16). gradres_fused/cpp.py's fake kernel says the same.
+inline at::ScalarType norm_dtype(const Tensor& x) { return at::toOpMathType(x.scalar_type()); }
+
+// The memory format the block keeps for every per-sample tensor (x, y, z, ĝ, x̄, …): channels_last
+// when x is (and is not also contiguous), so a channels_last network stays channels_last without
+// copies; contiguous otherwise. gradres_fused/cpp.py's fake kernels follow the same rule.
+inline at::MemoryFormat sample_format(const Tensor& x) {
+  return x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)
+             ? at::MemoryFormat::ChannelsLast
+             : at::MemoryFormat::Contiguous;
+}
+
+// A (rows, cols) view of a tensor dense in `fmt` whose leading dim is the sample: a row is one
+// sample's slab in memory order — (C, H, W) contiguous, (H, W, C) channels_last. The fused
+// stages only need every tensor of a pass in the same order. (cols stays right for an empty
+// batch, where the column sums must still cover every column.)
+inline Tensor rows_view(const Tensor& t, at::MemoryFormat fmt) {
+  const int64_t cols = c10::multiply_integers(t.sizes().slice(1));
+  if (fmt == at::MemoryFormat::ChannelsLast && !t.is_contiguous()) {
+    TORCH_INTERNAL_ASSERT(t.is_contiguous(at::MemoryFormat::ChannelsLast));
+    return t.permute({0, 2, 3, 1}).view({t.size(0), cols});
+  }
+  TORCH_INTERNAL_ASSERT(t.is_contiguous());
+  return t.view({t.size(0), cols});
+}
+
+// A per-feature vector of `t`'s features (C·H·W in (C, H, W) order) in the order of rows_view(t)'s
+// columns, and back.
+inline Tensor to_row_order(const Tensor& v, const Tensor& t, at::MemoryFormat fmt) {
+  if (fmt != at::MemoryFormat::ChannelsLast) return v;
+  return v.view({t.size(1), t.size(2), t.size(3)}).permute({1, 2, 0}).contiguous().view({-1});
+}
+inline Tensor from_row_order(const Tensor& v, const Tensor& t, at::MemoryFormat fmt) {
+  if (fmt != at::MemoryFormat::ChannelsLast) return v;
+  return v.view({t.size(2), t.size(3), t.size(1)}).permute({2, 0, 1}).contiguous().view({-1});
+}
+
+// The backward ops read z, ĝ, r, ȳ by raw pointer: check what the forward would have produced.
+inline void check_bwd_inputs(const Tensor& y_bar, const Tensor& x, const Tensor& w1,
+                             const Tensor& w2, const Tensor& alpha, const Tensor& z,
+                             const Tensor& a, const Tensor& g_hat, const Tensor& r,
+                             bool normalize) {
+  check_inputs(x, w1, c10::nullopt, w2, c10::nullopt, alpha);
+  for (const auto& [t, name] : {std::pair<const Tensor&, const char*>{y_bar, "y_bar"},
+                                {z, "z"}, {a, "a"}, {g_hat, "g_hat"}})
+    check_same(x, t, name);
+  TORCH_CHECK_VALUE(r.device() == x.device(), "r: expected a tensor on ", x.device(),
+                    " like x, got ", r.device());
+  TORCH_CHECK_TYPE(r.scalar_type() == norm_dtype(x), "r: expected dtype ", norm_dtype(x),
+                   " (the forward's saved norms for x of dtype ", x.scalar_type(), "), got ",
+                   r.scalar_type());
+  TORCH_CHECK_VALUE(y_bar.sizes() == x.sizes() && g_hat.sizes() == x.sizes(),
+                    "y_bar, g_hat: expected the shape of x ", x.sizes(), ", got ", y_bar.sizes(),
+                    " and ", g_hat.sizes());
+  auto z_sizes = x.sizes().vec();
+  z_sizes[1] = w1.size(0);
+  TORCH_CHECK_VALUE(z.sizes() == c10::IntArrayRef(z_sizes), "z: expected shape ",
+                    c10::IntArrayRef(z_sizes), " (the forward's pre-activation), got ", z.sizes());
+  TORCH_CHECK_VALUE(a.sizes() == z.sizes(), "a: expected the shape of z ", z.sizes(), ", got ",
+                    a.sizes());
+  TORCH_CHECK_VALUE(r.dim() == 1 && r.size(0) == (normalize ? x.size(0) : 0) ,
+                    "r: expected shape (", normalize ? x.size(0) : 0, ",), got ", r.sizes());
+}
+
+inline void check_mlp_shapes(const Tensor& x, const Tensor& w1, const Tensor& w2) {
+  TORCH_CHECK_VALUE(x.dim() == 2 && w1.dim() == 2 && w2.dim() == 2 && w1.size(1) == x.size(1) &&
+                        w2.size(0) == x.size(1) && w2.size(1) == w1.size(0),
+                    "mlp: expected x (N, D), w1 (H, D), w2 (D, H); got ", x.sizes(), ", ",
+                    w1.sizes(), ", ", w2.sizes());
+}
+
+// The backward's tensor arguments, checked; per-sample ones dense in `fmt`, the rest contiguous.
+struct BwdInputs {
+  Tensor y_bar, x, w1, w2, z, a, g_hat, r;
+};
+
+inline BwdInputs prepare_bwd(const Tensor& y_bar, const Tensor& x, const Tensor& w1,
+                             const Tensor& w2, const Tensor& alpha, const Tensor& z,
+                             const Tensor& a, const Tensor& g_hat, const Tensor& r,
+                             bool normalize, at::MemoryFormat fmt) {
+  check_bwd_inputs(y_bar, x, w1, w2, alpha, z, a, g_hat, r, normalize);
+  return {y_bar.contiguous(fmt), x.contiguous(fmt), w1.contiguous(), w2.contiguous(),
+          z.contiguous(fmt),     a.contiguous(fmt), g_hat.contiguous(fmt), r.contiguous()};
+}
+
+inline Tensor empty_r(const Tensor& x, bool normalize) {
+  return at::empty({normalize ? x.size(0) : 0}, x.options().dtype(norm_dtype(x)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The two block families as sets of linear maps (the C++ twin of gradres_fused/blocks.py): the
+// forward and backward below are written once over a family. Every tensor a fused stage reads is
+// viewed as (samples, features) with rows_view, which leaves the MLP's 2-D tensors as they are.
+// lin and adjoint return per-sample tensors dense in the block's memory format `fmt`.
+
+// MLP: x (N, D), w1 (H, D), w2 (D, H) in the nn.Linear convention; s = W2ᵀ1.
+struct MLP {
+  static void check(const Tensor& x, const Tensor& w1, const Tensor& w2) {
+    check_mlp_shapes(x, w1, w2);
+  }
+  static Tensor lin(const Tensor& t, const Tensor& w, const c10::optional<Tensor>& b,
+                    at::MemoryFormat /*fmt: always contiguous*/) {
+    return b ? at::addmm(*b, t, w.t()) : at::mm(t, w.t());
+  }
+  static Tensor adjoint(const Tensor& t, const Tensor& w, at::MemoryFormat /*fmt*/) {
+    return at::mm(t, w);
+  }
+  static Tensor weight_grad(const Tensor& inp, const Tensor& grad_out, const Tensor& /*w*/) {
+    return at::mm(grad_out.t(), inp);
+  }
+  // (W̄2, b̄2) of F = a W2ᵀ + b2
+  static std::tuple<Tensor, Tensor> lin2_grads(const Tensor& y_bar, const Tensor& a,
+                                               const Tensor& w2) {
+    return {at::mm(y_bar.t(), a), y_bar.sum(0)};
+  }
+  static Tensor smap(const Tensor& w2, const Tensor& /*x*/) { return w2.sum(0); }
+  static void add_smap_adjoint(Tensor& w2_bar, const Tensor& s_bar, const Tensor& /*x*/) {
+    w2_bar.add_(s_bar.unsqueeze(0));  // every row of W2 gets s̄
+  }
+  static Tensor bias_grad(const Tensor& zbar_colsum, const Tensor& /*w1*/) { return zbar_colsum; }
+};
+
+// Conv: x (N, C, H, W), w1 (Cm, C, k1h, k1w), w2 (C, Cm, k2h, k2w), odd kernels, 'same' padding.
+inline std::vector<int64_t> same_pad(const Tensor& w) { return {w.size(2) / 2, w.size(3) / 2}; }
+
+// The convolution, dense in `fmt` (a no-op when ATen's kernel already returns that layout).
+inline Tensor conv(const Tensor& t, const Tensor& w, const c10::optional<Tensor>& b,
+                   bool transposed, at::MemoryFormat fmt) {
+  return at::convolution(t, w, b, {1, 1}, same_pad(w), {1, 1}, transposed, {0, 0}, 1)
+      .contiguous(fmt);
+}
+
+// R[u, i] = 1 where kernel tap u reaches output row i: 0 ≤ i − u + k/2 < n.
+inline Tensor border(int64_t k, int64_t n, const Tensor& like) {
+  auto u = at::arange(k, like.options().dtype(at::kLong)).unsqueeze(1);
+  auto i = at::arange(n, like.options().dtype(at::kLong)).unsqueeze(0);
+  auto o = i - u + k / 2;
+  return ((o >= 0) & (o < n)).to(like.scalar_type());
+}
+
+inline void check_conv_shapes(const Tensor& x, const Tensor& w1, const Tensor& w2) {
+  TORCH_CHECK_VALUE(x.dim() == 4 && w1.dim() == 4 && w2.dim() == 4 && w1.size(1) == x.size(1) &&
+                        w2.size(0) == x.size(1) && w2.size(1) == w1.size(0),
+                    "conv: expected x (N, C, H, W), w1 (Cm, C, k, k), w2 (C, Cm, k, k); got ",
+                    x.sizes(), ", ", w1.sizes(), ", ", w2.sizes());
+  for (const Tensor* w : {&w1, &w2})
+    TORCH_CHECK_VALUE(w->size(2) % 2 == 1 && w->size(3) % 2 == 1,
+                      "conv: expected odd kernel sizes, got ", w->sizes());
+}
+
+struct Conv {
+  static void check(const Tensor& x, const Tensor& w1, const Tensor& w2) {
+    check_conv_shapes(x, w1, w2);
+  }
+  static Tensor lin(const Tensor& t, const Tensor& w, const c10::optional<Tensor>& b,
+                    at::MemoryFormat fmt) {
+    return conv(t, w, b, false, fmt);
+  }
+  static Tensor adjoint(const Tensor& t, const Tensor& w, at::MemoryFormat fmt) {
+    return conv(t, w, c10::nullopt, true, fmt);
+  }
+  // Weight gradients contiguous like the weights (channels_last activations may give them
+  // channels_last).
+  static Tensor weight_grad(const Tensor& inp, const Tensor& grad_out, const Tensor& w) {
+    return std::get<1>(at::convolution_backward(grad_out, inp, w, c10::nullopt, {1, 1},
+                                                same_pad(w), {1, 1}, false, {0, 0}, 1,
+                                                {false, true, false}))
+        .contiguous();
+  }
+  static std::tuple<Tensor, Tensor> lin2_grads(const Tensor& y_bar, const Tensor& a,
+                                               const Tensor& w2) {
+    const std::vector<int64_t> b2_sizes = {w2.size(0)};
+    auto g = at::convolution_backward(y_bar, a, w2, b2_sizes, {1, 1}, same_pad(w2), {1, 1},
+                                      false, {0, 0}, 1, {false, true, true});
+    return {std::get<1>(g).contiguous(), std::get<2>(g)};
+  }
+  // S[c,i,j] = Σ_{u,v} W2.sum(0)[c,u,v] R[u,i] Q[v,j]: ∂ΣF/∂a, independent of x; flattened.
+  static Tensor smap(const Tensor& w2, const Tensor& x) {
+    return at::einsum("cuv,ui,vj->cij", {w2.sum(0), border(w2.size(2), x.size(2), w2),
+                                         border(w2.size(3), x.size(3), w2)})
+        .contiguous()
+        .view({-1});
+  }
+  // W̄2[o,c,u,v] += Σ_{i,j} S̄[c,i,j] R[u,i] Q[v,j] for every o.
+  static void add_smap_adjoint(Tensor& w2_bar, const Tensor& s_bar, const Tensor& x) {
+    const Tensor sb = s_bar.view({w2_bar.size(1), x.size(2), x.size(3)});
+    w2_bar.add_(at::einsum("cij,ui,vj->cuv", {sb, border(w2_bar.size(2), x.size(2), w2_bar),
+                                              border(w2_bar.size(3), x.size(3), w2_bar)})
+                    .unsqueeze(0));
+  }
+  static Tensor bias_grad(const Tensor& zbar_colsum, const Tensor& w1) {
+    return zbar_colsum.view({w1.size(0), -1}).sum(1);
+  }
+};
+
+// Forward of docs/DESIGN.md §1. Returns y and what the backward needs: z, a = φ(z) (kept rather than
+// recomputed: the W̄2 GEMM reads it, and plain autograd keeps it too), ĝ, r.
+template <typename Fam, typename Stages>
+Tensor5 block_fwd(const Tensor& x_, const Tensor& w1_, const c10::optional<Tensor>& b1,
+                  const Tensor& w2_, const c10::optional<Tensor>& b2, const Tensor& alpha,
+                  c10::string_view activation, bool normalize, double eps, bool /*detach*/) {
+  check_inputs(x_, w1_, b1, w2_, b2, alpha);
+  Fam::check(x_, w1_, w2_);
+  const Act act = parse_act(activation);
+  const at::MemoryFormat fmt = sample_format(x_);
+  const Tensor x = x_.contiguous(fmt), w1 = w1_.contiguous(), w2 = w2_.contiguous();
+  Tensor z = Fam::lin(x, w1, b1, fmt);
+  const Tensor s = to_row_order(Fam::smap(w2, x), z, fmt);
+  Tensor a = at::empty_like(z, z.options(), fmt), d = at::empty_like(z, z.options(), fmt);
+  Tensor av = rows_view(a, fmt), dv = rows_view(d, fmt);
+  Stages::act_fwd(rows_view(z, fmt), s, act, av, dv);
+  Tensor y = Fam::lin(a, w2, b2, fmt);             // F; becomes y in place
+  Tensor g = Fam::adjoint(d, w1, fmt);             // g; becomes ĝ in place
+  Tensor r = empty_r(x, normalize);
+  Tensor yv = rows_view(y, fmt), gv = rows_view(g, fmt);
+  Stages::mix_fwd(yv, gv, rows_view(x, fmt), alpha, normalize, eps, r);
+  return {y, z, a, g, r};
+}
+
+// Backward of docs/DESIGN.md §2. Returns (x̄, W̄1, b̄1, W̄2, b̄2, ᾱ); b̄1, b̄2 always computed.
+template <typename Fam, typename Stages>
+Tensor6 block_bwd(const Tensor& y_bar_, const Tensor& x_, const Tensor& w1_,
+                  const c10::optional<Tensor>& /*b1: for autograd only*/, const Tensor& w2_,
+                  const Tensor& alpha, const Tensor& z_, const Tensor& a_, const Tensor& g_hat_,
+                  const Tensor& r_, c10::string_view activation, bool normalize,
+                  double /*eps: for autograd only*/, bool detach) {
+  const Act act = parse_act(activation);
+  Fam::check(x_, w1_, w2_);
+  const at::MemoryFormat fmt = sample_format(x_);
+  const auto [y_bar, x, w1, w2, z, a, g_hat, r] =
+      prepare_bwd(y_bar_, x_, w1_, w2_, alpha, z_, a_, g_hat_, r_, normalize, fmt);
+  const int64_t N = x.size(0);
+  // Stacked operands of the one W̄1 GEMM/conv: [z̄; d]ᵀ [x; ḡ] (detach mode: z̄ᵀ x).
+  auto stacked = [fmt](const Tensor& like) {
+    auto sizes = like.sizes().vec();
+    sizes[0] *= 2;
+    return at::empty(sizes, like.options().memory_format(fmt));
+  };
+  Tensor xs = detach ? x : stacked(x);
+  Tensor zs = detach ? at::empty_like(z, z.options(), fmt) : stacked(z);
+  Tensor g_bar = detach ? Tensor() : xs.narrow(0, N, N);
+  Tensor gbv = detach ? Tensor() : rows_view(g_bar, fmt);
+  Tensor xcv = detach ? Tensor() : rows_view(xs.narrow(0, 0, N), fmt);
+  Tensor alpha_bar = at::empty_like(alpha);
+  Tensor no_x_bar;
+  if (!detach)  // ḡ is needed before the d̄ GEMM; ᾱ comes with it
+    Stages::mix_bwd(rows_view(y_bar, fmt), rows_view(g_hat, fmt), rows_view(x, fmt), r, alpha,
+                    normalize, detach, gbv, xcv, alpha_bar, no_x_bar);
+
+  const Tensor a_bar = Fam::adjoint(y_bar, w2, fmt);
+  const Tensor d_bar = detach ? Tensor() : Fam::lin(g_bar, w1, c10::nullopt, fmt);
+  const Tensor s = to_row_order(Fam::smap(w2, x), z, fmt);
+  Tensor z_bar = zs.narrow(0, 0, N);
+  Tensor zbv = rows_view(z_bar, fmt);
+  Tensor dv = detach ? Tensor() : rows_view(zs.narrow(0, N, N), fmt);
+  Tensor zbar_colsum = at::empty_like(s);
+  Tensor s_bar = detach ? Tensor() : at::empty_like(s);
+  Stages::act_bwd(rows_view(z, fmt), rows_view(a_bar, fmt),
+                  detach ? Tensor() : rows_view(d_bar, fmt), s, act, detach, zbv, dv, zbar_colsum,
+                  s_bar);
+  zbar_colsum = from_row_order(zbar_colsum, z, fmt);
+  if (!detach) s_bar = from_row_order(s_bar, z, fmt);
+
+  auto [w2_bar, b2_bar] = Fam::lin2_grads(y_bar, a, w2);
+  if (!detach) Fam::add_smap_adjoint(w2_bar, s_bar, x);
+  Tensor w1_bar = Fam::weight_grad(xs, zs, w1);
+  Tensor b1_bar = Fam::bias_grad(zbar_colsum, w1);
+  Tensor x_bar = Fam::adjoint(z_bar, w1, fmt);
+  if (detach) {  // ᾱ and x̄ += (1 − m)ȳ in one pass over ȳ
+    Tensor xbv = rows_view(x_bar, fmt);
+    Stages::mix_bwd(rows_view(y_bar, fmt), rows_view(g_hat, fmt), rows_view(x, fmt), r, alpha,
+                    normalize, detach, gbv, xcv, alpha_bar, xbv);
+  } else {
+    Stages::add_skip_grad(x_bar, y_bar, alpha);
+  }
+  return {x_bar, w1_bar, b1_bar, w2_bar, b2_bar, alpha_bar};
+}
+
+// The ops' kernels for one device, whose fused stages are `Stages` (CpuStages, CudaStages).
+template <typename Stages>
+void register_blocks(torch::Library& m) {
+  m.impl("mlp_fwd", &block_fwd<MLP, Stages>);
+  m.impl("mlp_bwd", &block_bwd<MLP, Stages>);
+  m.impl("conv_fwd", &block_fwd<Conv, Stages>);
+  m.impl("conv_bwd", &block_bwd<Conv, Stages>);
+}
+
+}  // namespace blocks
+}  // namespace gradres

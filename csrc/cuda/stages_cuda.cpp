@@ -1,0 +1,119 @@
+// The fused stages of stages.h on CUDA (CudaStages): take ATen tensors, the current stream and
+// scratch from the caching allocator, and launch the torch-free kernels of stages.cu; registered
+// with the dispatcher as the ops' CUDA kernels, through the block glue of blocks.h. Compiled only
+// in a CUDAExtension build (WITH_CUDA).
+#include <ATen/ATen.h>
+#include <ATen/record_function.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "../blocks.h"
+#include "../stages.h"
+#include "stages.cuh"
+
+namespace gradres {
+namespace {
+
+template <typename S> struct CudaType { using type = S; };
+template <> struct CudaType<at::Half> { using type = __half; };
+template <> struct CudaType<at::BFloat16> { using type = __nv_bfloat16; };
+
+template <typename S>
+typename CudaType<S>::type* ptr(const Tensor& t) {
+  return t.defined() ? reinterpret_cast<typename CudaType<S>::type*>(t.data_ptr<S>()) : nullptr;
+}
+
+// The saved norm r: Acc<T> (float32; float64 for float64 inputs), checked by the caller.
+template <typename S>
+typename cuda::Acc<typename CudaType<S>::type>::type* acc_ptr(const Tensor& t) {
+  return t.defined() ? static_cast<typename cuda::Acc<typename CudaType<S>::type>::type*>(t.data_ptr())
+                     : nullptr;
+}
+
+// The dtype of cuda::Red<T>, for the reductions' scratch: float64 for float32 and float64 inputs.
+at::ScalarType red_type(const Tensor& t) {
+  return t.scalar_type() == at::kDouble || t.scalar_type() == at::kFloat ? at::kDouble : at::kFloat;
+}
+
+#define GRADRES_CUDA_FLOATS(t, name, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), name, __VA_ARGS__)
+
+}  // namespace
+
+void CudaStages::act_fwd(const Tensor& z, const Tensor& s, Act act, Tensor& a, Tensor& d) {
+  RECORD_FUNCTION("gradres::act_fwd", std::vector<c10::IValue>());
+  c10::cuda::CUDAGuard device_guard(z.device());
+  GRADRES_CUDA_FLOATS(z, "gradres act_fwd_cuda", [&] {
+    cuda::act_fwd(ptr<scalar_t>(z), ptr<scalar_t>(s), ptr<scalar_t>(a), ptr<scalar_t>(d),
+                  z.size(0), z.size(1), act, c10::cuda::getCurrentCUDAStream());
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void CudaStages::mix_fwd(Tensor& f, Tensor& g, const Tensor& x, const Tensor& alpha,
+                         bool normalize, double eps, Tensor& r) {
+  RECORD_FUNCTION("gradres::mix_fwd", std::vector<c10::IValue>());
+  c10::cuda::CUDAGuard device_guard(f.device());
+  Tensor scratch = at::empty({cuda::row_scratch_elems(f.size(0), f.size(1))},
+                             f.options().dtype(red_type(f)));
+  GRADRES_CUDA_FLOATS(f, "gradres mix_fwd_cuda", [&] {
+    cuda::mix_fwd(ptr<scalar_t>(f), ptr<scalar_t>(g), ptr<scalar_t>(x), ptr<scalar_t>(alpha),
+                  normalize ? acc_ptr<scalar_t>(r) : nullptr, scratch.data_ptr(), f.size(0),
+                  f.size(1), normalize, eps, c10::cuda::getCurrentCUDAStream());
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void CudaStages::mix_bwd(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x,
+                         const Tensor& r, const Tensor& alpha, bool normalize, bool detach,
+                         Tensor& g_bar, Tensor& x_copy, Tensor& alpha_bar, Tensor& x_bar) {
+  RECORD_FUNCTION("gradres::mix_bwd", std::vector<c10::IValue>());
+  c10::cuda::CUDAGuard device_guard(y_bar.device());
+  Tensor scratch = at::empty({cuda::row_scratch_elems(y_bar.size(0), y_bar.size(1))},
+                             y_bar.options().dtype(red_type(y_bar)));
+  GRADRES_CUDA_FLOATS(y_bar, "gradres mix_bwd_cuda", [&] {
+    cuda::mix_bwd(ptr<scalar_t>(y_bar), ptr<scalar_t>(g_hat), ptr<scalar_t>(x),
+                  (normalize && !detach) ? acc_ptr<scalar_t>(r) : nullptr, ptr<scalar_t>(alpha),
+                  detach ? nullptr : ptr<scalar_t>(g_bar), detach ? nullptr : ptr<scalar_t>(x_copy),
+                  ptr<scalar_t>(alpha_bar), x_bar.defined() ? ptr<scalar_t>(x_bar) : nullptr,
+                  scratch.data_ptr(), y_bar.size(0), y_bar.size(1),
+                  normalize, detach, c10::cuda::getCurrentCUDAStream());
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void CudaStages::act_bwd(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar,
+                         const Tensor& s, Act act, bool detach, Tensor& z_bar, Tensor& d,
+                         Tensor& zbar_colsum, Tensor& s_bar) {
+  RECORD_FUNCTION("gradres::act_bwd", std::vector<c10::IValue>());
+  c10::cuda::CUDAGuard device_guard(z.device());
+  Tensor scratch = at::empty({cuda::act_bwd_scratch_elems(z.size(0), z.size(1), detach)},
+                             z.options().dtype(red_type(z)));
+  GRADRES_CUDA_FLOATS(z, "gradres act_bwd_cuda", [&] {
+    cuda::act_bwd(ptr<scalar_t>(z), ptr<scalar_t>(a_bar), detach ? nullptr : ptr<scalar_t>(d_bar),
+                  ptr<scalar_t>(s), ptr<scalar_t>(z_bar),
+                  detach ? nullptr : ptr<scalar_t>(d), ptr<scalar_t>(zbar_colsum),
+                  detach ? nullptr : ptr<scalar_t>(s_bar), scratch.data_ptr(), z.size(0),
+                  z.size(1), act, detach, c10::cuda::getCurrentCUDAStream());
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void CudaStages::add_skip_grad(Tensor& out, const Tensor& y_bar, const Tensor& alpha) {
+  RECORD_FUNCTION("gradres::add_skip_grad", std::vector<c10::IValue>());
+  c10::cuda::CUDAGuard device_guard(out.device());
+  GRADRES_CUDA_FLOATS(out, "gradres add_skip_grad_cuda", [&] {
+    cuda::add_skip_grad(ptr<scalar_t>(out), ptr<scalar_t>(y_bar), ptr<scalar_t>(alpha),
+                        out.numel(), c10::cuda::getCurrentCUDAStream());
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace gradres
+
+TORCH_LIBRARY_IMPL(gradres_fused, CUDA, m) {
+  gradres::blocks::register_blocks<gradres::CudaStages>(m);
+}

@@ -1,0 +1,54 @@
+// The fused elementwise / reduction stages of the gradient residual block (docs/DESIGN.md §1–§2),
+// on 2-D dense views: "rows" are samples (MLP rows, or conv samples flattened), P = hidden width
+// (H, or Cm·H·W for conv), Q = block width (D, or C·H·W). Everything between the GEMMs/convs runs
+// here in one pass per stage.
+//
+// Each device implements the same stages as static functions of a struct — CpuStages in
+// stages_cpu.cpp (at::parallel_for), CudaStages in cuda/stages_cuda.cpp (around the kernels of
+// cuda/stages.cu) — and the block glue of blocks.h is instantiated once per device over them, so
+// the dispatcher selects the device.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "activations.h"
+
+namespace gradres {
+
+using at::Tensor;
+
+// The stage signatures, spelled once for both devices' structs.
+#define GRADRES_STAGE_DECLARATIONS                                                                \
+  /* a = φ(z), d = φ'(z)·s[p]      z, a, d: (rows, P); s: (P,) */                                 \
+  static void act_fwd(const Tensor& z, const Tensor& s, Act act, Tensor& a, Tensor& d);           \
+  /* Per row n: r[n] = sqrt(Σ_q g² + eps²), g ← g/r (when normalize), f ← f + (1−m)·x + m·ĝ     \
+     (= y). f, g, x: (rows, Q); r: (rows,) in the accumulation type (unused when !normalize);   \
+     m = sigmoid(alpha[0]). */                                                                     \
+  static void mix_fwd(Tensor& f, Tensor& g, const Tensor& x, const Tensor& alpha, bool normalize, \
+                      double eps, Tensor& r);                                                     \
+  /* Per row: alpha_bar += m(1−m)·Σ ȳ(ĝ − x). Second order (!detach) also writes                   \
+     ḡ = (mȳ − ĝ(ĝ·mȳ))/r (or mȳ) into g_bar and copies x into x_copy (the stacked GEMM operand). \
+     With x_bar defined it also adds (1 − m)·ȳ to x_bar in the same pass (detach mode runs this \
+     stage last, after the x̄ GEMM, so ȳ is read once for both). */                               \
+  static void mix_bwd(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x, const Tensor& r, \
+                      const Tensor& alpha, bool normalize, bool detach, Tensor& g_bar,            \
+                      Tensor& x_copy, Tensor& alpha_bar, Tensor& x_bar);                          \
+  /* z̄ = ā·φ'(z) [+ d̄·s·φ''(z)]; d = φ'(z)·s; column sums: zbar_colsum[p] = Σ_n z̄,              \
+     s_bar[p] = Σ_n d̄·φ'(z). Second-order outputs (d, s_bar), d̄ input only when !detach. */    \
+  static void act_bwd(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar, const Tensor& s, \
+                      Act act, bool detach, Tensor& z_bar, Tensor& d, Tensor& zbar_colsum,        \
+                      Tensor& s_bar);                                                             \
+  /* out += (1 − m)·ȳ  (x̄'s identity-path term), m = sigmoid(alpha[0]). */                        \
+  static void add_skip_grad(Tensor& out, const Tensor& y_bar, const Tensor& alpha);
+
+struct CpuStages {
+  GRADRES_STAGE_DECLARATIONS
+};
+
+#ifdef WITH_CUDA
+struct CudaStages {
+  GRADRES_STAGE_DECLARATIONS
+};
+#endif
+
+}  // namespace gradres
