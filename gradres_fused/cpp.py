@@ -18,7 +18,6 @@ try:
 except ImportError as e:  # not built: the backend reports why instead of registering
     IMPORT_ERROR = f"the C++ extension gradres_fused._C is not built ({e})"
 
-OPS = {"mlp": "mlp", "conv2d": "conv"}  # family -> op prefix
 
 
 def built_with_cuda() -> bool:
@@ -40,10 +39,6 @@ def native_low_precision(device: torch.device) -> bool:
     """CUDA kernels take float16/bfloat16 with float32 accumulation; on CPU the dispatcher runs
     them on float32 copies."""
     return device.type == "cuda"
-
-
-def _name(family: str, stage: str) -> str:
-    return f"gradres_fused::{OPS[family]}_{stage}"
 
 
 def _sample_format(x: torch.Tensor) -> torch.memory_format:
@@ -75,14 +70,14 @@ def _fake_saved(family: str):
 
 
 if IMPORT_ERROR is None:
-    for _family in OPS:
-        fused_op.register(_name(_family, "fwd"), _name(_family, "bwd"), _family,
+    for _family in ("mlp", "conv2d"):
+        fused_op.register(*fused_op.OP_NAMES["cpp", _family], _family,
                           _fake_saved(_family), fake_like_x=_empty_like_x)
 
 
 def gradres_mlp(x, w1, b1, w2, b2, alpha, **options):
-    return fused_op.call(_name("mlp", "fwd"), x, w1, b1, w2, b2, alpha, **options)
+    return fused_op.call(fused_op.OP_NAMES["cpp", "mlp"][0], x, w1, b1, w2, b2, alpha, **options)
 
 
 def gradres_conv2d(x, w1, b1, w2, b2, alpha, **options):
-    return fused_op.call(_name("conv2d", "fwd"), x, w1, b1, w2, b2, alpha, **options)
+    return fused_op.call(fused_op.OP_NAMES["cpp", "conv2d"][0], x, w1, b1, w2, b2, alpha, **options)

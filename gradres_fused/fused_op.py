@@ -35,6 +35,17 @@ def norm_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+# Every fused op pair, (backend, family) -> (forward op, backward op), written out in full so a
+# search for an op name lands here. The cpp ops are defined in csrc/ops.cpp (same schemas;
+# tests/test_cpp.py checks they agree with FWD_SCHEMA/BWD_SCHEMA), the triton ops by
+# triton_backend from FWD_SCHEMA/BWD_SCHEMA.
+OP_NAMES = {
+    ("cpp", "mlp"): ("gradres_fused::mlp_fwd", "gradres_fused::mlp_bwd"),
+    ("cpp", "conv2d"): ("gradres_fused::conv_fwd", "gradres_fused::conv_bwd"),
+    ("triton", "mlp"): ("gradres_fused::triton_mlp_fwd", "gradres_fused::triton_mlp_bwd"),
+    ("triton", "conv2d"): ("gradres_fused::triton_conv_fwd", "gradres_fused::triton_conv_bwd"),
+}
+
 def op(qualname: str):
     namespace, name = qualname.split("::")
     return getattr(getattr(torch.ops, namespace), name).default

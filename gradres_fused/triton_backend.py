@@ -33,7 +33,6 @@ except ImportError as e:
     IMPORT_ERROR = f"Triton is not importable ({e}); pip install triton"
 
 PATH_VAR = "GRADRES_TRITON_MLP"
-OPS = {"mlp": "triton_mlp", "conv2d": "triton_conv"}
 
 
 def mlp_path(dim: int, hidden: int, dtype: torch.dtype = torch.float32,
@@ -134,27 +133,24 @@ def _conv_bwd(y_bar, x, w1, b1, w2, alpha, z, a, g_hat, r, activation, normalize
                          detach)
 
 
-def _name(family: str, stage: str) -> str:
-    return f"gradres_fused::{OPS[family]}_{stage}"
-
-
 _LIB = None
 if IMPORT_ERROR is None:
     _LIB = torch.library.Library("gradres_fused", "FRAGMENT")
     for _family, _impls, _saved in (("mlp", (_mlp_fwd, _mlp_bwd), _mlp_saved),
                                     ("conv2d", (_conv_fwd, _conv_bwd), _conv_saved)):
-        for _stage, _schema, _impl in zip(("fwd", "bwd"), (fused_op.FWD_SCHEMA,
-                                                           fused_op.BWD_SCHEMA), _impls):
-            _op_name = f"{OPS[_family]}_{_stage}"
+        _names = fused_op.OP_NAMES["triton", _family]
+        for _qualname, _schema, _impl in zip(_names, (fused_op.FWD_SCHEMA, fused_op.BWD_SCHEMA),
+                                             _impls):
+            _op_name = _qualname.split("::")[1]
             _LIB.define(_op_name + _schema)
             for _key in ("CPU", "CUDA"):
                 _LIB.impl(_op_name, _impl, _key)
-        fused_op.register(_name(_family, "fwd"), _name(_family, "bwd"), _family, _saved)
+        fused_op.register(*_names, _family, _saved)
 
 
 def gradres_mlp(x, w1, b1, w2, b2, alpha, **options):
-    return fused_op.call(_name("mlp", "fwd"), x, w1, b1, w2, b2, alpha, **options)
+    return fused_op.call(fused_op.OP_NAMES["triton", "mlp"][0], x, w1, b1, w2, b2, alpha, **options)
 
 
 def gradres_conv2d(x, w1, b1, w2, b2, alpha, **options):
-    return fused_op.call(_name("conv2d", "fwd"), x, w1, b1, w2, b2, alpha, **options)
+    return fused_op.call(fused_op.OP_NAMES["triton", "conv2d"][0], x, w1, b1, w2, b2, alpha, **options)

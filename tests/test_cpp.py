@@ -18,6 +18,19 @@ cuda_only = pytest.mark.skipif(not (torch.cuda.is_available() and cpp.built_with
                                reason="needs a CUDA device and gradres_fused._C built with CUDA")
 
 
+def test_cpp_schemas_match_fused_op():
+    """csrc/ops.cpp defines the cpp ops' schemas; fused_op.FWD_SCHEMA/BWD_SCHEMA (the triton ops',
+    and what the shared fake kernels and autograd assume) must be the same."""
+    from gradres_fused import fused_op
+
+    for family in ("mlp", "conv2d"):
+        for qualname, schema in zip(fused_op.OP_NAMES["cpp", family],
+                                    (fused_op.FWD_SCHEMA, fused_op.BWD_SCHEMA)):
+            want = torch._C.parse_schema(qualname + schema)
+            got = fused_op.op(qualname)._schema
+            assert str(got) == str(want)
+
+
 def _detached(inputs):
     return [None if t is None else t.detach() for t in inputs]
 
