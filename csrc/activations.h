@@ -7,6 +7,25 @@
 
 #include <cmath>
 
+// The transcendental functions the table calls: CUDA's on the device; on the CPU, for float32,
+// the vectorizable polynomials of cpu_math.h (libm's calls would keep the stages' loops scalar).
+#if defined(__CUDACC__)
+namespace gradres {
+namespace act_math {
+using ::cos;
+using ::erf;
+using ::exp;
+using ::sin;
+using ::tanh;
+}  // namespace act_math
+}  // namespace gradres
+#else
+#include "cpu_math.h"
+namespace gradres {
+namespace act_math = cpu_math;
+}
+#endif
+
 #if defined(__CUDACC__)
 #define GRADRES_HD __host__ __device__ __forceinline__
 #else
@@ -40,10 +59,10 @@ template <>
 struct ActOps<Act::Gelu> {
   static constexpr bool kD2IsZero = false;
   template <typename T> static GRADRES_HD T cdf(T z) {
-    return T(0.5) * (T(1) + erf(z * T(0.70710678118654752440)));
+    return T(0.5) * (T(1) + act_math::erf(z * T(0.70710678118654752440)));
   }
   template <typename T> static GRADRES_HD T pdf(T z) {
-    return exp(T(-0.5) * z * z) * T(0.39894228040143267794);
+    return act_math::exp(T(-0.5) * z * z) * T(0.39894228040143267794);
   }
   template <typename T> static GRADRES_HD T f(T z) { return z * cdf(z); }
   template <typename T> static GRADRES_HD T d1(T z) { return cdf(z) + z * pdf(z); }
@@ -56,7 +75,7 @@ struct ActOps<Act::GeluTanh> {
   static constexpr bool kD2IsZero = false;
   static constexpr double kC = 0.79788456080286535588;  // sqrt(2/π)
   static constexpr double kK = 0.044715;
-  template <typename T> static GRADRES_HD T th(T z) { return tanh(T(kC) * (z + T(kK) * z * z * z)); }
+  template <typename T> static GRADRES_HD T th(T z) { return act_math::tanh(T(kC) * (z + T(kK) * z * z * z)); }
   template <typename T> static GRADRES_HD T f(T z) { return T(0.5) * z * (T(1) + th(z)); }
   template <typename T> static GRADRES_HD T d1(T z) {
     T t = th(z), s = T(1) - t * t, u1 = T(kC) * (T(1) + T(3 * kK) * z * z);
@@ -73,7 +92,7 @@ struct ActOps<Act::GeluTanh> {
 template <>
 struct ActOps<Act::Silu> {
   static constexpr bool kD2IsZero = false;
-  template <typename T> static GRADRES_HD T sig(T z) { return T(1) / (T(1) + exp(-z)); }
+  template <typename T> static GRADRES_HD T sig(T z) { return T(1) / (T(1) + act_math::exp(-z)); }
   template <typename T> static GRADRES_HD T f(T z) { return z * sig(z); }
   template <typename T> static GRADRES_HD T d1(T z) { T s = sig(z); return s * (T(1) + z * (T(1) - s)); }
   template <typename T> static GRADRES_HD T d2(T z) {
@@ -86,18 +105,18 @@ struct ActOps<Act::Silu> {
 template <>
 struct ActOps<Act::Tanh> {
   static constexpr bool kD2IsZero = false;
-  template <typename T> static GRADRES_HD T f(T z) { return tanh(z); }
-  template <typename T> static GRADRES_HD T d1(T z) { T t = tanh(z); return T(1) - t * t; }
-  template <typename T> static GRADRES_HD T d2(T z) { T t = tanh(z); return T(-2) * t * (T(1) - t * t); }
+  template <typename T> static GRADRES_HD T f(T z) { return act_math::tanh(z); }
+  template <typename T> static GRADRES_HD T d1(T z) { T t = act_math::tanh(z); return T(1) - t * t; }
+  template <typename T> static GRADRES_HD T d2(T z) { T t = act_math::tanh(z); return T(-2) * t * (T(1) - t * t); }
 };
 
 // sin: φ' = cos; φ'' = −sin.
 template <>
 struct ActOps<Act::Sin> {
   static constexpr bool kD2IsZero = false;
-  template <typename T> static GRADRES_HD T f(T z) { return sin(z); }
-  template <typename T> static GRADRES_HD T d1(T z) { return cos(z); }
-  template <typename T> static GRADRES_HD T d2(T z) { return -sin(z); }
+  template <typename T> static GRADRES_HD T f(T z) { return act_math::sin(z); }
+  template <typename T> static GRADRES_HD T d1(T z) { return act_math::cos(z); }
+  template <typename T> static GRADRES_HD T d2(T z) { return -act_math::sin(z); }
 };
 
 }  // namespace gradres

@@ -148,6 +148,8 @@ inline Tensor empty_r(const Tensor& x, bool normalize) {
 
 // MLP: x (N, D), w1 (H, D), w2 (D, H) in the nn.Linear convention; s = W2ᵀ1.
 struct MLP {
+  // A bias is one value per column of rows_view(lin(...)): a fused stage can add it.
+  static constexpr bool kBiasPerColumn = true;
   static void check(const Tensor& x, const Tensor& w1, const Tensor& w2) {
     check_mlp_shapes(x, w1, w2);
   }
@@ -160,6 +162,10 @@ struct MLP {
   }
   static Tensor weight_grad(const Tensor& inp, const Tensor& grad_out, const Tensor& /*w*/) {
     return at::mm(grad_out.t(), inp);
+  }
+  static void add_weight_grad(Tensor& acc, const Tensor& inp, const Tensor& grad_out,
+                              const Tensor& /*w*/) {
+    acc.addmm_(grad_out.t(), inp);
   }
   // (W̄2, b̄2) of F = a W2ᵀ + b2
   static std::tuple<Tensor, Tensor> lin2_grads(const Tensor& y_bar, const Tensor& a,
@@ -202,6 +208,7 @@ inline void check_conv_shapes(const Tensor& x, const Tensor& w1, const Tensor& w
 }
 
 struct Conv {
+  static constexpr bool kBiasPerColumn = false;  // per channel; the convolution adds it
   static void check(const Tensor& x, const Tensor& w1, const Tensor& w2) {
     check_conv_shapes(x, w1, w2);
   }
@@ -209,8 +216,11 @@ struct Conv {
                     at::MemoryFormat fmt) {
     return conv(t, w, b, false, fmt);
   }
+  // The transposed convolution, run as the forward convolution with the kernel transposed in its
+  // channels and flipped in space (equal for stride 1, odd kernels and 'same' padding): oneDNN's
+  // forward kernels are faster on CPU than its transposed ones.
   static Tensor adjoint(const Tensor& t, const Tensor& w, at::MemoryFormat fmt) {
-    return conv(t, w, c10::nullopt, true, fmt);
+    return conv(t, w.transpose(0, 1).flip({2, 3}).contiguous(), c10::nullopt, false, fmt);
   }
   // Weight gradients contiguous like the weights (channels_last activations may give them
   // channels_last).
@@ -219,6 +229,10 @@ struct Conv {
                                                 same_pad(w), {1, 1}, false, {0, 0}, 1,
                                                 {false, true, false}))
         .contiguous();
+  }
+  static void add_weight_grad(Tensor& acc, const Tensor& inp, const Tensor& grad_out,
+                              const Tensor& w) {
+    acc.add_(weight_grad(inp, grad_out, w));
   }
   static std::tuple<Tensor, Tensor> lin2_grads(const Tensor& y_bar, const Tensor& a,
                                                const Tensor& w2) {
@@ -257,16 +271,25 @@ Tensor5 block_fwd(const Tensor& x_, const Tensor& w1_, const c10::optional<Tenso
   const Act act = parse_act(activation);
   const at::MemoryFormat fmt = sample_format(x_);
   const Tensor x = x_.contiguous(fmt), w1 = w1_.contiguous(), w2 = w2_.contiguous();
-  Tensor z = Fam::lin(x, w1, b1, fmt);
+  // Where the device's stages add the GEMMs' biases (Stages::kAddsLinearBias), the GEMMs run
+  // without them and act_fwd / mix_fwd add them in the passes they make anyway.
+  constexpr bool stage_bias = Stages::kAddsLinearBias && Fam::kBiasPerColumn;
+  const auto gemm_bias = [](const c10::optional<Tensor>& b) {
+    return stage_bias ? c10::optional<Tensor>() : b;
+  };
+  const auto pass_bias = [](const c10::optional<Tensor>& b) {
+    return stage_bias && b ? b->contiguous() : Tensor();
+  };
+  Tensor z = Fam::lin(x, w1, gemm_bias(b1), fmt);
   const Tensor s = to_row_order(Fam::smap(w2, x), z, fmt);
   Tensor a = at::empty_like(z, z.options(), fmt), d = at::empty_like(z, z.options(), fmt);
-  Tensor av = rows_view(a, fmt), dv = rows_view(d, fmt);
-  Stages::act_fwd(rows_view(z, fmt), s, act, av, dv);
-  Tensor y = Fam::lin(a, w2, b2, fmt);             // F; becomes y in place
-  Tensor g = Fam::adjoint(d, w1, fmt);             // g; becomes ĝ in place
+  Tensor zv = rows_view(z, fmt), av = rows_view(a, fmt), dv = rows_view(d, fmt);
+  Stages::act_fwd(zv, pass_bias(b1), s, act, av, dv);
+  Tensor y = Fam::lin(a, w2, gemm_bias(b2), fmt);  // F; becomes y in place
+  Tensor g = Fam::adjoint(d, w1, fmt);              // g; becomes ĝ in place
   Tensor r = empty_r(x, normalize);
   Tensor yv = rows_view(y, fmt), gv = rows_view(g, fmt);
-  Stages::mix_fwd(yv, gv, rows_view(x, fmt), alpha, normalize, eps, r);
+  Stages::mix_fwd(yv, pass_bias(b2), gv, rows_view(x, fmt), alpha, normalize, eps, r);
   return {y, z, a, g, r};
 }
 
@@ -282,30 +305,21 @@ Tensor6 block_bwd(const Tensor& y_bar_, const Tensor& x_, const Tensor& w1_,
   const at::MemoryFormat fmt = sample_format(x_);
   const auto [y_bar, x, w1, w2, z, a, g_hat, r] =
       prepare_bwd(y_bar_, x_, w1_, w2_, alpha, z_, a_, g_hat_, r_, normalize, fmt);
-  const int64_t N = x.size(0);
-  // Stacked operands of the one W̄1 GEMM/conv: [z̄; d]ᵀ [x; ḡ] (detach mode: z̄ᵀ x).
-  auto stacked = [fmt](const Tensor& like) {
-    auto sizes = like.sizes().vec();
-    sizes[0] *= 2;
-    return at::empty(sizes, like.options().memory_format(fmt));
-  };
-  Tensor xs = detach ? x : stacked(x);
-  Tensor zs = detach ? at::empty_like(z, z.options(), fmt) : stacked(z);
-  Tensor g_bar = detach ? Tensor() : xs.narrow(0, N, N);
+  Tensor g_bar = detach ? Tensor() : at::empty_like(x, x.options(), fmt);
   Tensor gbv = detach ? Tensor() : rows_view(g_bar, fmt);
-  Tensor xcv = detach ? Tensor() : rows_view(xs.narrow(0, 0, N), fmt);
   Tensor alpha_bar = at::empty_like(alpha);
   Tensor no_x_bar;
   if (!detach)  // ḡ is needed before the d̄ GEMM; ᾱ comes with it
     Stages::mix_bwd(rows_view(y_bar, fmt), rows_view(g_hat, fmt), rows_view(x, fmt), r, alpha,
-                    normalize, detach, gbv, xcv, alpha_bar, no_x_bar);
+                    normalize, detach, gbv, alpha_bar, no_x_bar);
 
   const Tensor a_bar = Fam::adjoint(y_bar, w2, fmt);
   const Tensor d_bar = detach ? Tensor() : Fam::lin(g_bar, w1, c10::nullopt, fmt);
   const Tensor s = to_row_order(Fam::smap(w2, x), z, fmt);
-  Tensor z_bar = zs.narrow(0, 0, N);
+  Tensor z_bar = at::empty_like(z, z.options(), fmt);
+  Tensor d = detach ? Tensor() : at::empty_like(z, z.options(), fmt);
   Tensor zbv = rows_view(z_bar, fmt);
-  Tensor dv = detach ? Tensor() : rows_view(zs.narrow(0, N, N), fmt);
+  Tensor dv = detach ? Tensor() : rows_view(d, fmt);
   Tensor zbar_colsum = at::empty_like(s);
   Tensor s_bar = detach ? Tensor() : at::empty_like(s);
   Stages::act_bwd(rows_view(z, fmt), rows_view(a_bar, fmt),
@@ -316,13 +330,16 @@ Tensor6 block_bwd(const Tensor& y_bar_, const Tensor& x_, const Tensor& w1_,
 
   auto [w2_bar, b2_bar] = Fam::lin2_grads(y_bar, a, w2);
   if (!detach) Fam::add_smap_adjoint(w2_bar, s_bar, x);
-  Tensor w1_bar = Fam::weight_grad(xs, zs, w1);
+  // W̄1 = z̄ᵀx (+ dᵀḡ): two GEMMs/convs into one result rather than one over stacked [x; ḡ],
+  // which would copy x and allocate 2N-sample buffers every call.
+  Tensor w1_bar = Fam::weight_grad(x, z_bar, w1);
+  if (!detach) Fam::add_weight_grad(w1_bar, g_bar, d, w1);
   Tensor b1_bar = Fam::bias_grad(zbar_colsum, w1);
   Tensor x_bar = Fam::adjoint(z_bar, w1, fmt);
   if (detach) {  // ᾱ and x̄ += (1 − m)ȳ in one pass over ȳ
     Tensor xbv = rows_view(x_bar, fmt);
     Stages::mix_bwd(rows_view(y_bar, fmt), rows_view(g_hat, fmt), rows_view(x, fmt), r, alpha,
-                    normalize, detach, gbv, xcv, alpha_bar, xbv);
+                    normalize, detach, gbv, alpha_bar, xbv);
   } else {
     Stages::add_skip_grad(x_bar, y_bar, alpha);
   }

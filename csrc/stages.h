@@ -19,20 +19,21 @@ using at::Tensor;
 
 // The stage signatures, spelled once for both devices' structs.
 #define GRADRES_STAGE_DECLARATIONS                                                                \
-  /* a = φ(z), d = φ'(z)·s[p]      z, a, d: (rows, P); s: (P,) */                                 \
-  static void act_fwd(const Tensor& z, const Tensor& s, Act act, Tensor& a, Tensor& d);           \
-  /* Per row n: r[n] = sqrt(Σ_q g² + eps²), g ← g/r (when normalize), f ← f + (1−m)·x + m·ĝ     \
-     (= y). f, g, x: (rows, Q); r: (rows,) in the accumulation type (unused when !normalize);   \
-     m = sigmoid(alpha[0]). */                                                                     \
-  static void mix_fwd(Tensor& f, Tensor& g, const Tensor& x, const Tensor& alpha, bool normalize, \
-                      double eps, Tensor& r);                                                     \
-  /* Per row: alpha_bar += m(1−m)·Σ ȳ(ĝ − x). Second order (!detach) also writes                   \
-     ḡ = (mȳ − ĝ(ĝ·mȳ))/r (or mȳ) into g_bar and copies x into x_copy (the stacked GEMM operand). \
-     With x_bar defined it also adds (1 − m)·ȳ to x_bar in the same pass (detach mode runs this \
-     stage last, after the x̄ GEMM, so ȳ is read once for both). */                               \
+  /* z ← z + bias[p] (when bias is defined), a = φ(z), d = φ'(z)·s[p]                           \
+     z, a, d: (rows, P); s, bias: (P,) */                                                         \
+  static void act_fwd(Tensor& z, const Tensor& bias, const Tensor& s, Act act, Tensor& a,         \
+                      Tensor& d);                                                                 \
+  /* Per row n: r[n] = sqrt(Σ_q g² + eps²), g ← g/r (when normalize), f ← f [+ bias] + (1−m)·x   \
+     + m·ĝ (= y). f, g, x: (rows, Q); bias: (Q,) or undefined; r: (rows,) in the accumulation    \
+     type (unused when !normalize); m = sigmoid(alpha[0]). */                                      \
+  static void mix_fwd(Tensor& f, const Tensor& bias, Tensor& g, const Tensor& x,                  \
+                      const Tensor& alpha, bool normalize, double eps, Tensor& r);                 \
+  /* alpha_bar = m(1−m)·Σ ȳ(ĝ − x). Second order (!detach) also writes ḡ = (mȳ − ĝ(ĝ·mȳ))/r     \
+     (or mȳ) into g_bar. With x_bar defined it also adds (1 − m)·ȳ to x_bar in the same pass    \
+     (detach mode runs this stage last, after the x̄ GEMM, so ȳ is read once for both). */       \
   static void mix_bwd(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x, const Tensor& r, \
                       const Tensor& alpha, bool normalize, bool detach, Tensor& g_bar,            \
-                      Tensor& x_copy, Tensor& alpha_bar, Tensor& x_bar);                          \
+                      Tensor& alpha_bar, Tensor& x_bar);                                          \
   /* z̄ = ā·φ'(z) [+ d̄·s·φ''(z)]; d = φ'(z)·s; column sums: zbar_colsum[p] = Σ_n z̄,              \
      s_bar[p] = Σ_n d̄·φ'(z). Second-order outputs (d, s_bar), d̄ input only when !detach. */    \
   static void act_bwd(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar, const Tensor& s, \
@@ -41,12 +42,18 @@ using at::Tensor;
   /* out += (1 − m)·ȳ  (x̄'s identity-path term), m = sigmoid(alpha[0]). */                        \
   static void add_skip_grad(Tensor& out, const Tensor& y_bar, const Tensor& alpha);
 
+// kAddsLinearBias: whether the MLP's GEMMs leave their bias to act_fwd / mix_fwd. On CPU, yes:
+// ATen's addmm copies the broadcast bias into the output before the GEMM (a full extra pass),
+// while the stages read and write those rows anyway. On CUDA, no: cuBLASLt adds it in the GEMM's
+// epilogue.
 struct CpuStages {
+  static constexpr bool kAddsLinearBias = true;
   GRADRES_STAGE_DECLARATIONS
 };
 
 #ifdef WITH_CUDA
 struct CudaStages {
+  static constexpr bool kAddsLinearBias = false;
   GRADRES_STAGE_DECLARATIONS
 };
 #endif

@@ -5,6 +5,7 @@
 #include "stages.h"
 
 #include "blocks.h"
+#include "stages_cpu_kernels.h"
 
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -12,10 +13,21 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
+
+// The loops at baseline x86-64 (every dtype; float32 too where the CPU has no wider table).
+#define GRADRES_CPU_ISA base_loops
+#include "stages_cpu_loops.h"
+#undef GRADRES_CPU_ISA
 
 namespace gradres {
 namespace {
+
+namespace base_loops = cpu::base_loops;
 
 // Rows per task: enough work per chunk to amortize the thread hand-off.
 int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(cols, 1)); }
@@ -31,11 +43,13 @@ constexpr int64_t kMaxPartials = 1 << 22;    // doubles of per-chunk partials (3
 
 struct RowChunks {
   int64_t rows, count;
-  // `width`: partials per chunk (1 for a scalar sum, the column count for column sums).
-  RowChunks(int64_t rows, int64_t cols, int64_t width) : rows(rows) {
+  // `width`: partials per chunk (1 for a scalar sum, the column count for column sums);
+  // `max_count`: at most this many chunks.
+  RowChunks(int64_t rows, int64_t cols, int64_t width, int64_t max_count = kMaxChunks)
+      : rows(rows) {
     const int64_t by_work = (rows + row_grain(cols) - 1) / row_grain(cols);
-    count = std::max<int64_t>(
-        1, std::min({by_work, kMaxChunks, kMaxPartials / std::max<int64_t>(width, 1)}));
+    count = std::max<int64_t>(1, std::min({by_work, max_count,
+                                           kMaxPartials / std::max<int64_t>(width, 1)}));
   }
   int64_t begin(int64_t c) const { return rows * c / count; }
   int64_t end(int64_t c) const { return rows * (c + 1) / count; }
@@ -48,212 +62,187 @@ struct RowChunks {
   }
 };
 
-template <typename T>
-T sigmoid_of(const Tensor& alpha) {
-  double a = alpha.item<double>();
-  return static_cast<T>(1.0 / (1.0 + std::exp(-a)));
+double sigmoid_of(const Tensor& alpha) { return 1.0 / (1.0 + std::exp(-alpha.item<double>())); }
+
+// The float32 loops for this CPU: the widest ISA it runs, or GRADRES_CPU_ISA=base|avx2|avx512.
+const cpu::FloatKernels& float_kernels() {
+  static const cpu::FloatKernels* chosen = [] {
+    const cpu::FloatKernels* base = base_loops::float_kernels_here("base");
+    const cpu::FloatKernels* avx2 = nullptr;
+    const cpu::FloatKernels* avx512 = nullptr;
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+      avx2 = cpu::avx2::float_kernels();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+      avx512 = cpu::avx512::float_kernels();
+#endif
+    const char* want = std::getenv("GRADRES_CPU_ISA");
+    if (want && *want) {
+      const std::string w(want);
+      const cpu::FloatKernels* k = w == "base" ? base : w == "avx2" ? avx2 : w == "avx512" ? avx512
+                                                                                         : nullptr;
+      TORCH_CHECK(w == "base" || w == "avx2" || w == "avx512",
+                  "GRADRES_CPU_ISA: expected base, avx2 or avx512, got '", w, "'");
+      TORCH_CHECK(k != nullptr, "GRADRES_CPU_ISA=", w,
+                  ": this CPU or this build has no ", w, " kernels");
+      return k;
+    }
+    return avx512 ? avx512 : avx2 ? avx2 : base;
+  }();
+  return *chosen;
 }
 
+// The loops for scalar_t: float32 through the ISA table, other dtypes at baseline.
 template <typename scalar_t, Act A>
-void act_fwd_cpu(const Tensor& z, const Tensor& s, Tensor& a, Tensor& d) {
-  using Ops = ActOps<A>;
-  using acc_t = at::opmath_type<scalar_t>;
+void run_act_fwd(const cpu::ActFwdParams& p, int64_t b, int64_t e) {
+  if constexpr (std::is_same_v<scalar_t, float>)
+    float_kernels().act_fwd[static_cast<int>(A)](p, b, e);
+  else
+    base_loops::act_fwd_rows<scalar_t, A>(p, b, e);
+}
+template <typename scalar_t>
+void run_mix_fwd(const cpu::MixFwdParams& p, int64_t b, int64_t e) {
+  if constexpr (std::is_same_v<scalar_t, float>)
+    float_kernels().mix_fwd(p, b, e);
+  else
+    base_loops::mix_fwd_rows<scalar_t>(p, b, e);
+}
+template <typename scalar_t>
+double run_mix_bwd(const cpu::MixBwdParams& p, int64_t b, int64_t e) {
+  if constexpr (std::is_same_v<scalar_t, float>)
+    return float_kernels().mix_bwd(p, b, e);
+  else
+    return base_loops::mix_bwd_rows<scalar_t>(p, b, e);
+}
+template <typename scalar_t, Act A>
+void run_act_bwd(const cpu::ActBwdParams& p, int64_t rb, int64_t re, int64_t cb, int64_t ce,
+                 double* sums) {
+  if constexpr (std::is_same_v<scalar_t, float>)
+    float_kernels().act_bwd[static_cast<int>(A)](p, rb, re, cb, ce, sums);
+  else
+    base_loops::act_bwd_tile<scalar_t, A>(p, rb, re, cb, ce, sums);
+}
+
+const void* ptr_or_null(const Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
+
+template <typename scalar_t, Act A>
+void act_fwd_cpu(Tensor& z, const Tensor& bias, const Tensor& s, Tensor& a, Tensor& d) {
   const int64_t rows = z.size(0), P = z.size(1);
-  const scalar_t* zp = z.data_ptr<scalar_t>();
-  const scalar_t* sp = s.data_ptr<scalar_t>();
-  scalar_t* ap = a.data_ptr<scalar_t>();
-  scalar_t* dp = d.data_ptr<scalar_t>();
-  at::parallel_for(0, rows, row_grain(P), [&](int64_t b, int64_t e) {
-    for (int64_t n = b; n < e; ++n) {
-      const int64_t o = n * P;
-#pragma omp simd
-      for (int64_t p = 0; p < P; ++p) {
-        const acc_t v = zp[o + p];
-        ap[o + p] = scalar_t(Ops::f(v));
-        dp[o + p] = scalar_t(Ops::d1(v) * acc_t(sp[p]));
-      }
-    }
-  });
+  const cpu::ActFwdParams p{z.data_ptr(), ptr_or_null(bias), s.data_ptr(), a.data_ptr(),
+                            d.data_ptr(), P};
+  at::parallel_for(0, rows, row_grain(P),
+                   [&](int64_t b, int64_t e) { run_act_fwd<scalar_t, A>(p, b, e); });
 }
 
 template <typename scalar_t>
-void mix_fwd_cpu(Tensor& f, Tensor& g, const Tensor& x, const Tensor& alpha, bool normalize,
-                 double eps, Tensor& r) {
-  using acc_t = at::opmath_type<scalar_t>;
+void mix_fwd_cpu(Tensor& f, const Tensor& bias, Tensor& g, const Tensor& x, const Tensor& alpha,
+                 bool normalize, double eps, Tensor& r) {
   const int64_t rows = f.size(0), Q = f.size(1);
-  const acc_t m = sigmoid_of<acc_t>(alpha), eps2 = acc_t(eps) * acc_t(eps);
-  scalar_t* fp = f.data_ptr<scalar_t>();
-  scalar_t* gp = g.data_ptr<scalar_t>();
-  const scalar_t* xp = x.data_ptr<scalar_t>();
-  acc_t* rp = normalize ? r.data_ptr<acc_t>() : nullptr;
-  at::parallel_for(0, rows, row_grain(Q), [&](int64_t b, int64_t e) {
-    for (int64_t n = b; n < e; ++n) {
-      scalar_t* fr = fp + n * Q;
-      scalar_t* gr = gp + n * Q;
-      const scalar_t* xr = xp + n * Q;
-      acc_t scale = acc_t(1);
-      if (normalize) {
-        double ss = 0;
-#pragma omp simd reduction(+ : ss)
-        for (int64_t q = 0; q < Q; ++q) ss += double(gr[q]) * double(gr[q]);
-        const acc_t rr = acc_t(std::sqrt(ss + double(eps2)));
-        rp[n] = rr;
-        scale = acc_t(1) / rr;
-      }
-#pragma omp simd
-      for (int64_t q = 0; q < Q; ++q) {
-        const acc_t gh = acc_t(gr[q]) * scale;
-        gr[q] = scalar_t(gh);
-        fr[q] = scalar_t(acc_t(fr[q]) + (acc_t(1) - m) * acc_t(xr[q]) + m * gh);
-      }
-    }
-  });
+  const cpu::MixFwdParams p{f.data_ptr(), ptr_or_null(bias), g.data_ptr(), x.data_ptr(),
+                            normalize ? r.data_ptr() : nullptr, Q, sigmoid_of(alpha), eps,
+                            normalize};
+  at::parallel_for(0, rows, row_grain(Q),
+                   [&](int64_t b, int64_t e) { run_mix_fwd<scalar_t>(p, b, e); });
 }
 
 template <typename scalar_t>
 void mix_bwd_cpu(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x, const Tensor& r,
                  const Tensor& alpha, bool normalize, bool detach, Tensor& g_bar,
-                 Tensor& x_copy, Tensor& alpha_bar, Tensor& x_bar) {
-  using acc_t = at::opmath_type<scalar_t>;
+                 Tensor& alpha_bar, Tensor& x_bar) {
   const int64_t rows = y_bar.size(0), Q = y_bar.size(1);
-  scalar_t* xbp = x_bar.defined() ? x_bar.data_ptr<scalar_t>() : nullptr;
-  const acc_t m = sigmoid_of<acc_t>(alpha);
-  const scalar_t* yb = y_bar.data_ptr<scalar_t>();
-  const scalar_t* gh = g_hat.data_ptr<scalar_t>();
-  const scalar_t* xp = x.data_ptr<scalar_t>();
-  const acc_t* rp = (normalize && !detach) ? r.data_ptr<acc_t>() : nullptr;
-  scalar_t* gb = detach ? nullptr : g_bar.data_ptr<scalar_t>();
-  scalar_t* xc = detach ? nullptr : x_copy.data_ptr<scalar_t>();
+  const double m = sigmoid_of(alpha);
+  const cpu::MixBwdParams p{y_bar.data_ptr(), g_hat.data_ptr(), x.data_ptr(),
+                            (normalize && !detach) ? r.data_ptr() : nullptr,
+                            detach ? nullptr : g_bar.data_ptr(),
+                            x_bar.defined() ? x_bar.data_ptr() : nullptr, Q, m, normalize, detach};
   const RowChunks chunks(rows, Q, 1);
   std::vector<double> chunk_sum(static_cast<size_t>(chunks.count), 0.0);  // Σ ȳ(ĝ − x) per chunk
   chunks.for_each([&](int64_t c, int64_t b, int64_t e) {
-        double part = 0;
-        for (int64_t n = b; n < e; ++n) {
-          const int64_t o = n * Q;
-          double row = 0, dot_d = 0;  // Σ ȳ(ĝ − x) and ĝ·ȳ of this row
-          if (xbp) {
-            const acc_t k = acc_t(1) - m;
-#pragma omp simd reduction(+ : row, dot_d)
-            for (int64_t q = 0; q < Q; ++q) {
-              const double y = yb[o + q], g = gh[o + q];
-              row += y * (g - double(xp[o + q]));
-              dot_d += g * y;
-              xbp[o + q] = scalar_t(acc_t(xbp[o + q]) + k * acc_t(yb[o + q]));
-            }
-          } else {
-#pragma omp simd reduction(+ : row, dot_d)
-            for (int64_t q = 0; q < Q; ++q) {
-              const double y = yb[o + q], g = gh[o + q];
-              row += y * (g - double(xp[o + q]));
-              dot_d += g * y;
-            }
-          }
-          part += row;
-          const acc_t dot = acc_t(dot_d);
-          if (detach) continue;
-          if (normalize) {
-            const acc_t inv_r = acc_t(1) / rp[n];
-#pragma omp simd
-            for (int64_t q = 0; q < Q; ++q) {
-              gb[o + q] = scalar_t(m * (acc_t(yb[o + q]) - acc_t(gh[o + q]) * dot) * inv_r);
-              xc[o + q] = xp[o + q];
-            }
-          } else {
-#pragma omp simd
-            for (int64_t q = 0; q < Q; ++q) {
-              gb[o + q] = scalar_t(m * acc_t(yb[o + q]));
-              xc[o + q] = xp[o + q];
-            }
-          }
-        }
-        chunk_sum[c] = part;
-      });
+    chunk_sum[c] = run_mix_bwd<scalar_t>(p, b, e);
+  });
   double total = 0;
   for (const double part : chunk_sum) total += part;
-  alpha_bar.fill_(double(m) * (1.0 - double(m)) * total);
+  alpha_bar.fill_(m * (1.0 - m) * total);
 }
 
 template <typename scalar_t, Act A>
 void act_bwd_cpu(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar, const Tensor& s,
                  bool detach, Tensor& z_bar, Tensor& d, Tensor& zbar_colsum, Tensor& s_bar) {
-  using Ops = ActOps<A>;
-  using acc_t = at::opmath_type<scalar_t>;
   const int64_t rows = z.size(0), P = z.size(1);
-  const scalar_t* zp = z.data_ptr<scalar_t>();
-  const scalar_t* ab = a_bar.data_ptr<scalar_t>();
-  const scalar_t* db = detach ? nullptr : d_bar.data_ptr<scalar_t>();
-  const scalar_t* sp = s.data_ptr<scalar_t>();
-  scalar_t* zb = z_bar.data_ptr<scalar_t>();
-  scalar_t* dp = detach ? nullptr : d.data_ptr<scalar_t>();
-  // Column sums: rows go in blocks of ≤ row_grain rows, each summed in acc_t (the loop's type, so
-  // it vectorizes) and then added into its chunk's double partials; the chunks' partials are
-  // added up in chunk order after the pass.
+  const cpu::ActBwdParams p{z.data_ptr(), a_bar.data_ptr(), detach ? nullptr : d_bar.data_ptr(),
+                            s.data_ptr(), z_bar.data_ptr(), detach ? nullptr : d.data_ptr(),
+                            P, row_grain(P), detach};
+  // Column sums, in tiles that depend only on the shape (so results are bit-identical for any
+  // thread count): column blocks of ≤ kActBwdColBlock columns × row chunks. Wide rows (conv:
+  // P = C·H·W) get one row chunk: each tile sums all rows of its columns on the stack and writes
+  // them out. Narrow rows (MLP) get row chunks whose double partials are added up in chunk order.
   const int64_t nsum = detach ? 1 : 2;
-  const RowChunks chunks(rows, P, nsum * P);
-  const int64_t grain = row_grain(P);
-  std::vector<double> partial(static_cast<size_t>(chunks.count * nsum * P), 0.0);
-  chunks.for_each([&](int64_t c, int64_t chunk_begin, int64_t chunk_end) {
-    std::vector<acc_t> block(static_cast<size_t>(nsum * P));
-    double* mine = partial.data() + c * nsum * P;
-    acc_t* __restrict zc = block.data();
-    acc_t* __restrict sc = zc + (detach ? 0 : P);
-    const scalar_t* __restrict zr = zp;
-    const scalar_t* __restrict abr = ab;
-    const scalar_t* __restrict dbr = db;
-    const scalar_t* __restrict sr = sp;
-    scalar_t* __restrict zbr = zb;
-    scalar_t* __restrict dr = dp;
-    for (int64_t b = chunk_begin; b < chunk_end; b += grain) {
-      std::fill(block.begin(), block.end(), acc_t(0));
-      for (int64_t n = b; n < std::min(b + grain, chunk_end); ++n) {
-        const int64_t o = n * P;
-        if (detach) {
-#pragma omp simd
-          for (int64_t p = 0; p < P; ++p) {
-            const acc_t v = zr[o + p];
-            const acc_t zbar = acc_t(abr[o + p]) * Ops::d1(v);
-            zbr[o + p] = scalar_t(zbar);
-            zc[p] += zbar;
-          }
-          continue;
-        }
-#pragma omp simd
-        for (int64_t p = 0; p < P; ++p) {
-          const acc_t v = zr[o + p];
-          const acc_t d1 = Ops::d1(v), dbar = dbr[o + p], sv = sr[p];
-          acc_t zbar = acc_t(abr[o + p]) * d1;
-          if (!Ops::kD2IsZero) zbar += dbar * sv * Ops::d2(v);
-          zbr[o + p] = scalar_t(zbar);
-          dr[o + p] = scalar_t(d1 * sv);
-          zc[p] += zbar;
-          sc[p] += dbar * d1;
-        }
-      }
-      for (int64_t i = 0; i < nsum * P; ++i) mine[i] += double(block[i]);
-    }
-  });
+  const int64_t col_blocks = std::max<int64_t>(
+      1, (P + cpu::kActBwdColBlock - 1) / cpu::kActBwdColBlock);
+  const int64_t col_width = (P + col_blocks - 1) / col_blocks;
+  const RowChunks chunks(rows, P, nsum * P, col_blocks >= 16 ? 1 : kMaxChunks / col_blocks);
   scalar_t* zcs = zbar_colsum.data_ptr<scalar_t>();
   scalar_t* scs = detach ? nullptr : s_bar.data_ptr<scalar_t>();
-  for (int64_t p = 0; p < P; ++p) {
-    double zs = 0, ss = 0;
-    for (int64_t c = 0; c < chunks.count; ++c) {
-      zs += partial[(c * nsum) * P + p];
-      if (!detach) ss += partial[(c * nsum + 1) * P + p];
+  const auto cols_of = [&](int64_t blk) {
+    return std::make_pair(blk * col_width, std::min(P, (blk + 1) * col_width));
+  };
+  if (chunks.count == 1) {
+    at::parallel_for(0, col_blocks, 1, [&](int64_t bb, int64_t be) {
+      double sums[2 * cpu::kActBwdColBlock];
+      for (int64_t blk = bb; blk < be; ++blk) {
+        const auto [cb, ce] = cols_of(blk);
+        const int64_t w = ce - cb;
+        std::fill(sums, sums + nsum * w, 0.0);
+        run_act_bwd<scalar_t, A>(p, 0, rows, cb, ce, sums);
+        for (int64_t q = 0; q < w; ++q) {
+          zcs[cb + q] = scalar_t(sums[q]);
+          if (!detach) scs[cb + q] = scalar_t(sums[w + q]);
+        }
+      }
+    });
+    return;
+  }
+  std::vector<double> partial(static_cast<size_t>(chunks.count * nsum * P), 0.0);
+  const auto tile_sums = [&](int64_t c, int64_t cb) {  // chunk c's nsum × w doubles of block cb
+    return partial.data() + c * nsum * P + nsum * cb;
+  };
+  at::parallel_for(0, chunks.count * col_blocks, 1, [&](int64_t tb, int64_t te) {
+    for (int64_t t = tb; t < te; ++t) {
+      const int64_t c = t / col_blocks;
+      const auto [cb, ce] = cols_of(t % col_blocks);
+      run_act_bwd<scalar_t, A>(p, chunks.begin(c), chunks.end(c), cb, ce, tile_sums(c, cb));
     }
-    zcs[p] = scalar_t(zs);
-    if (!detach) scs[p] = scalar_t(ss);
+  });
+  for (int64_t blk = 0; blk < col_blocks; ++blk) {
+    const auto [cb, ce] = cols_of(blk);
+    const int64_t w = ce - cb;
+    for (int64_t q = 0; q < w; ++q) {
+      double zs = 0, ss = 0;
+      for (int64_t c = 0; c < chunks.count; ++c) {
+        zs += tile_sums(c, cb)[q];
+        if (!detach) ss += tile_sums(c, cb)[w + q];
+      }
+      zcs[cb + q] = scalar_t(zs);
+      if (!detach) scs[cb + q] = scalar_t(ss);
+    }
   }
 }
 
 template <typename scalar_t>
 void add_skip_grad_cpu(Tensor& out, const Tensor& y_bar, const Tensor& alpha) {
   using acc_t = at::opmath_type<scalar_t>;
-  const acc_t k = acc_t(1) - sigmoid_of<acc_t>(alpha);
+  const acc_t k = acc_t(1.0 - sigmoid_of(alpha));
   scalar_t* op = out.data_ptr<scalar_t>();
   const scalar_t* yb = y_bar.data_ptr<scalar_t>();
   at::parallel_for(0, out.numel(), 32768, [&](int64_t b, int64_t e) {
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      float_kernels().axpy(op, yb, k, b, e);
+    } else {
 #pragma omp simd
-    for (int64_t i = b; i < e; ++i) op[i] = scalar_t(acc_t(op[i]) + k * acc_t(yb[i]));
+      for (int64_t i = b; i < e; ++i) op[i] = scalar_t(acc_t(op[i]) + k * acc_t(yb[i]));
+    }
   });
 }
 
@@ -262,28 +251,29 @@ void add_skip_grad_cpu(Tensor& out, const Tensor& y_bar, const Tensor& alpha) {
 #define GRADRES_CPU_FLOATS(t, name, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), name, __VA_ARGS__)
 
-void CpuStages::act_fwd(const Tensor& z, const Tensor& s, Act act, Tensor& a, Tensor& d) {
+void CpuStages::act_fwd(Tensor& z, const Tensor& bias, const Tensor& s, Act act, Tensor& a,
+                        Tensor& d) {
   RECORD_FUNCTION("gradres::act_fwd", std::vector<c10::IValue>());
   GRADRES_CPU_FLOATS(z, "gradres act_fwd", [&] {
-    GRADRES_DISPATCH_ACT(act, [&] { act_fwd_cpu<scalar_t, A>(z, s, a, d); });
+    GRADRES_DISPATCH_ACT(act, [&] { act_fwd_cpu<scalar_t, A>(z, bias, s, a, d); });
   });
 }
 
-void CpuStages::mix_fwd(Tensor& f, Tensor& g, const Tensor& x, const Tensor& alpha,
-                        bool normalize, double eps, Tensor& r) {
+void CpuStages::mix_fwd(Tensor& f, const Tensor& bias, Tensor& g, const Tensor& x,
+                        const Tensor& alpha, bool normalize, double eps, Tensor& r) {
   RECORD_FUNCTION("gradres::mix_fwd", std::vector<c10::IValue>());
   GRADRES_CPU_FLOATS(f, "gradres mix_fwd", [&] {
-    mix_fwd_cpu<scalar_t>(f, g, x, alpha, normalize, eps, r);
+    mix_fwd_cpu<scalar_t>(f, bias, g, x, alpha, normalize, eps, r);
   });
 }
 
 void CpuStages::mix_bwd(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x,
                         const Tensor& r, const Tensor& alpha, bool normalize, bool detach,
-                        Tensor& g_bar, Tensor& x_copy, Tensor& alpha_bar, Tensor& x_bar) {
+                        Tensor& g_bar, Tensor& alpha_bar, Tensor& x_bar) {
   RECORD_FUNCTION("gradres::mix_bwd", std::vector<c10::IValue>());
   GRADRES_CPU_FLOATS(y_bar, "gradres mix_bwd", [&] {
-    mix_bwd_cpu<scalar_t>(y_bar, g_hat, x, r, alpha, normalize, detach, g_bar, x_copy,
-                          alpha_bar, x_bar);
+    mix_bwd_cpu<scalar_t>(y_bar, g_hat, x, r, alpha, normalize, detach, g_bar, alpha_bar,
+                          x_bar);
   });
 }
 

@@ -208,10 +208,10 @@ struct MixBwdSums {
   }
 };
 
-// ḡ = (mȳ − ĝ(ĝ·mȳ))/r (or mȳ) and x_copy = x over columns [first, end) of row n.
+// ḡ = (mȳ − ĝ(ĝ·mȳ))/r (or mȳ) over columns [first, end) of row n.
 template <typename T>
-__device__ __forceinline__ void g_bar_row(const T* y_bar, const T* g_hat, const T* x, T* g_bar,
-                                          T* x_copy, typename Acc<T>::type m,
+__device__ __forceinline__ void g_bar_row(const T* y_bar, const T* g_hat, T* g_bar,
+                                          typename Acc<T>::type m,
                                           typename Acc<T>::type dot,
                                           typename Acc<T>::type inv_r, bool normalize, int64_t n,
                                           int64_t Q, int64_t first, int64_t end, int step) {
@@ -221,7 +221,6 @@ __device__ __forceinline__ void g_bar_row(const T* y_bar, const T* g_hat, const 
     const A y = to_acc(y_bar[i]);
     const A gb = normalize ? m * (y - to_acc(g_hat[i]) * dot) * inv_r : m * y;
     g_bar[i] = from_acc<T>(gb);
-    x_copy[i] = x[i];
   }
 }
 
@@ -229,7 +228,7 @@ template <typename T>
 __global__ void mix_bwd_warp_kernel(const T* __restrict__ y_bar, const T* __restrict__ g_hat,
                                     const T* __restrict__ x, const typename Acc<T>::type* __restrict__ r,
                                     const T* __restrict__ alpha, T* __restrict__ g_bar,
-                                    T* __restrict__ x_copy, T* __restrict__ x_bar,
+                                    T* __restrict__ x_bar,
                                     typename Red<T>::type* __restrict__ row_part, int64_t rows,
                                     int64_t Q, bool normalize, bool detach) {
   using A = typename Acc<T>::type;
@@ -243,7 +242,7 @@ __global__ void mix_bwd_warp_kernel(const T* __restrict__ y_bar, const T* __rest
   if (row.t == 0) row_part[row.n] = part;
   if (detach) return;
   const A inv_r = normalize ? A(1) / r[row.n] : A(1);
-  g_bar_row(y_bar, g_hat, x, g_bar, x_copy, m, A(dot), inv_r, normalize, row.n, Q, row.t, Q, 32);
+  g_bar_row(y_bar, g_hat, g_bar, m, A(dot), inv_r, normalize, row.n, Q, row.t, Q, 32);
 }
 
 // Split pass 1 of mix_bwd: the segment's two sums at seg_part[2b], seg_part[2b + 1] (and x_bar).
@@ -268,16 +267,15 @@ __global__ void mix_bwd_sums_kernel(const T* __restrict__ y_bar, const T* __rest
 // Split pass 2 of mix_bwd (second order only): ḡ over the segment, from the row's ĝ·ȳ.
 template <typename T>
 __global__ void g_bar_split_kernel(const T* __restrict__ y_bar, const T* __restrict__ g_hat,
-                                   const T* __restrict__ x, const typename Acc<T>::type* __restrict__ r,
+                                   const typename Acc<T>::type* __restrict__ r,
                                    const T* __restrict__ alpha, T* __restrict__ g_bar,
-                                   T* __restrict__ x_copy,
                                    const typename Red<T>::type* __restrict__ seg_part, int64_t Q,
                                    int64_t splits, bool normalize) {
   using A = typename Acc<T>::type;
   const RowSegment seg(Q, splits);
   const A dot = A(row_total(seg_part + 1, seg.n, splits, 2));
   const A inv_r = normalize ? A(1) / r[seg.n] : A(1);
-  g_bar_row(y_bar, g_hat, x, g_bar, x_copy, mix_weight(alpha), dot, inv_r, normalize, seg.n, Q,
+  g_bar_row(y_bar, g_hat, g_bar, mix_weight(alpha), dot, inv_r, normalize, seg.n, Q,
             seg.begin + threadIdx.x, seg.end, blockDim.x);
 }
 
@@ -427,14 +425,14 @@ void mix_fwd(T* f, T* g, const T* x, const T* alpha, typename Acc<T>::type* r, v
 
 template <typename T>
 void mix_bwd(const T* y_bar, const T* g_hat, const T* x, const typename Acc<T>::type* r,
-             const T* alpha, T* g_bar, T* x_copy, T* alpha_bar, T* x_bar, void* scratch,
+             const T* alpha, T* g_bar, T* alpha_bar, T* x_bar, void* scratch,
              int64_t rows, int64_t Q, bool normalize, bool detach, cudaStream_t stream) {
   using R = typename Red<T>::type;
   R* part = static_cast<R*>(scratch);
   if (rows == 0 || Q <= kWarpRowMax) {
     if (rows > 0)
       mix_bwd_warp_kernel<T><<<warp_row_blocks(rows), kThreads, 0, stream>>>(
-          y_bar, g_hat, x, r, alpha, g_bar, x_copy, x_bar, part, rows, Q, normalize, detach);
+          y_bar, g_hat, x, r, alpha, g_bar, x_bar, part, rows, Q, normalize, detach);
     alpha_bar_kernel<T><<<1, kThreads, 0, stream>>>(part, rows, 1, alpha, alpha_bar);
     return;
   }
@@ -443,8 +441,8 @@ void mix_bwd(const T* y_bar, const T* g_hat, const T* x, const typename Acc<T>::
   mix_bwd_sums_kernel<T><<<blocks, kThreads, 0, stream>>>(y_bar, g_hat, x, alpha, x_bar, part, Q,
                                                           splits);
   if (!detach)
-    g_bar_split_kernel<T><<<blocks, kThreads, 0, stream>>>(y_bar, g_hat, x, r, alpha, g_bar,
-                                                           x_copy, part, Q, splits, normalize);
+    g_bar_split_kernel<T><<<blocks, kThreads, 0, stream>>>(y_bar, g_hat, r, alpha, g_bar, part,
+                                                           Q, splits, normalize);
   alpha_bar_kernel<T><<<1, kThreads, 0, stream>>>(part, rows * splits, 2, alpha, alpha_bar);
 }
 
@@ -486,7 +484,7 @@ void add_skip_grad(T* out, const T* y_bar, const T* alpha, int64_t n, cudaStream
   template void mix_fwd<T>(T*, T*, const T*, const T*, Acc<T>::type*, void*, int64_t, int64_t, \
                            bool, double, cudaStream_t);                                        \
   template void mix_bwd<T>(const T*, const T*, const T*, const Acc<T>::type*, const T*, T*, T*, \
-                           T*, T*, void*, int64_t, int64_t, bool, bool, cudaStream_t);         \
+                           T*, void*, int64_t, int64_t, bool, bool, cudaStream_t);         \
   template void act_bwd<T>(const T*, const T*, const T*, const T*, T*, T*, T*, T*, void*,      \
                            int64_t, int64_t, Act, bool, cudaStream_t);                         \
   template void add_skip_grad<T>(T*, const T*, const T*, int64_t, cudaStream_t);

@@ -35,11 +35,11 @@ template <typename T>
 void mix_fwd(T* f, T* g, const T* x, const T* alpha, typename Acc<T>::type* r, void* scratch,
              int64_t rows, int64_t Q, bool normalize, double eps, cudaStream_t stream);
 
-// alpha_bar = m(1−m)·Σ ȳ(ĝ − x); second order: g_bar = (mȳ − ĝ(ĝ·mȳ))/r (or mȳ), x_copy = x;
+// alpha_bar = m(1−m)·Σ ȳ(ĝ − x); second order: g_bar = (mȳ − ĝ(ĝ·mȳ))/r (or mȳ);
 // x_bar (may be null): x_bar += (1 − m)·ȳ in the same pass.
 template <typename T>
 void mix_bwd(const T* y_bar, const T* g_hat, const T* x, const typename Acc<T>::type* r,
-             const T* alpha, T* g_bar, T* x_copy, T* alpha_bar, T* x_bar, void* scratch,
+             const T* alpha, T* g_bar, T* alpha_bar, T* x_bar, void* scratch,
              int64_t rows, int64_t Q, bool normalize, bool detach, cudaStream_t stream);
 
 // z̄ = ā·φ'(z) [+ d̄·s·φ''(z)]; d = φ'(z)·s; column sums of z̄ and of d̄·φ'(z).

@@ -43,8 +43,10 @@ at::ScalarType red_type(const Tensor& t) {
 
 }  // namespace
 
-void CudaStages::act_fwd(const Tensor& z, const Tensor& s, Act act, Tensor& a, Tensor& d) {
+void CudaStages::act_fwd(Tensor& z, const Tensor& bias, const Tensor& s, Act act, Tensor& a,
+                         Tensor& d) {
   RECORD_FUNCTION("gradres::act_fwd", std::vector<c10::IValue>());
+  TORCH_INTERNAL_ASSERT(!bias.defined(), "CUDA GEMMs add their bias (kAddsLinearBias)");
   c10::cuda::CUDAGuard device_guard(z.device());
   GRADRES_CUDA_FLOATS(z, "gradres act_fwd_cuda", [&] {
     cuda::act_fwd(ptr<scalar_t>(z), ptr<scalar_t>(s), ptr<scalar_t>(a), ptr<scalar_t>(d),
@@ -53,9 +55,10 @@ void CudaStages::act_fwd(const Tensor& z, const Tensor& s, Act act, Tensor& a, T
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void CudaStages::mix_fwd(Tensor& f, Tensor& g, const Tensor& x, const Tensor& alpha,
-                         bool normalize, double eps, Tensor& r) {
+void CudaStages::mix_fwd(Tensor& f, const Tensor& bias, Tensor& g, const Tensor& x,
+                         const Tensor& alpha, bool normalize, double eps, Tensor& r) {
   RECORD_FUNCTION("gradres::mix_fwd", std::vector<c10::IValue>());
+  TORCH_INTERNAL_ASSERT(!bias.defined(), "CUDA GEMMs add their bias (kAddsLinearBias)");
   c10::cuda::CUDAGuard device_guard(f.device());
   Tensor scratch = at::empty({cuda::row_scratch_elems(f.size(0), f.size(1))},
                              f.options().dtype(red_type(f)));
@@ -69,7 +72,7 @@ void CudaStages::mix_fwd(Tensor& f, Tensor& g, const Tensor& x, const Tensor& al
 
 void CudaStages::mix_bwd(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x,
                          const Tensor& r, const Tensor& alpha, bool normalize, bool detach,
-                         Tensor& g_bar, Tensor& x_copy, Tensor& alpha_bar, Tensor& x_bar) {
+                         Tensor& g_bar, Tensor& alpha_bar, Tensor& x_bar) {
   RECORD_FUNCTION("gradres::mix_bwd", std::vector<c10::IValue>());
   c10::cuda::CUDAGuard device_guard(y_bar.device());
   Tensor scratch = at::empty({cuda::row_scratch_elems(y_bar.size(0), y_bar.size(1))},
@@ -77,7 +80,7 @@ void CudaStages::mix_bwd(const Tensor& y_bar, const Tensor& g_hat, const Tensor&
   GRADRES_CUDA_FLOATS(y_bar, "gradres mix_bwd_cuda", [&] {
     cuda::mix_bwd(ptr<scalar_t>(y_bar), ptr<scalar_t>(g_hat), ptr<scalar_t>(x),
                   (normalize && !detach) ? acc_ptr<scalar_t>(r) : nullptr, ptr<scalar_t>(alpha),
-                  detach ? nullptr : ptr<scalar_t>(g_bar), detach ? nullptr : ptr<scalar_t>(x_copy),
+                  detach ? nullptr : ptr<scalar_t>(g_bar),
                   ptr<scalar_t>(alpha_bar), x_bar.defined() ? ptr<scalar_t>(x_bar) : nullptr,
                   scratch.data_ptr(), y_bar.size(0), y_bar.size(1),
                   normalize, detach, c10::cuda::getCurrentCUDAStream());
