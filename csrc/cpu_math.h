@@ -31,13 +31,14 @@ inline uint32_t float_to_bits(float f) {
 }
 
 // e^x = 2^n · e^r, n = round(x / ln 2), |r| ≤ ln2 / 2 (Cody–Waite split of ln 2), e^r by Cephes'
-// expf polynomial. Outside [-87.33, 88.37], where 2^n would leave the normal floats, the result is
-// 0 or +inf: e^x below FLT_MIN flushes to 0 rather than a subnormal. (The limits are selected
-// after the polynomial, not by clamping x alone: the compiler folds a clamped x through the
-// caller's arithmetic as constants — silu's z·σ(z) became z·4e-39 on every element — and
-// subnormal products cost a microcode assist each, 7× slower.)
+// expf polynomial; 2^n is built from its exponent bits (as 2^(n−1)·2 for x > 0, so n = 128 still
+// reaches FLT_MAX). Below -87.34 (e^x < FLT_MIN) the result is 0 — subnormals flush — and above
+// ln FLT_MAX it is +inf. (The limits are selected after the polynomial, not by clamping x alone:
+// the compiler folds a clamped x through the caller's arithmetic as constants — silu's z·σ(z)
+// became z·4e-39 on every element — and subnormal products cost a microcode assist each, 7×
+// slower.)
 inline float exp(float x) {
-  constexpr float lo = -87.336544f, hi = 88.376259f;
+  constexpr float lo = -87.336544f, hi = 88.72283f;
   const float xc = x < lo ? lo : (x > hi ? hi : x);  // the compares keep NaN
   // n = round(x·log2 e) by the 1.5·2²³ shifter: exact in round-to-nearest, no float→int call.
   const float shifter = 12582912.0f;
@@ -51,9 +52,11 @@ inline float exp(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * (r * r) + r + 1.0f;
-  // 2^n from the shifter's low mantissa bits: bits(t) − bits(shifter) = n (two's complement).
+  // n from the shifter's low mantissa bits: bits(t) − bits(shifter) = n (two's complement).
   const uint32_t n_bits = float_to_bits(t) - float_to_bits(shifter);
-  const float e = p * bits_to_float((n_bits + 127u) << 23);
+  const bool high = x > 0.0f;
+  const float scale = bits_to_float((n_bits + (high ? 126u : 127u)) << 23);
+  const float e = (p * scale) * (high ? 2.0f : 1.0f);
   return x < lo ? 0.0f : (x > hi ? HUGE_VALF : e);
 }
 

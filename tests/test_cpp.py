@@ -175,16 +175,17 @@ def test_saved_norms_stay_float32_for_bfloat16(family, device):
     torch.library.opcheck(fwd, (*inputs, *args), test_utils=("test_schema", "test_faketensor"))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("detach", [True, False], ids=["detach", "second_order"])
-def test_reductions_are_bit_identical_for_any_thread_count(detach):
+def test_reductions_are_bit_identical_for_any_thread_count(detach, dtype):
     """ᾱ and the column sums (b̄1) split the rows into chunks fixed by the shape, not by the thread
     count. With W1 = W2 = I every GEMM before those reductions is exact (products with 0 and 1),
-    so any difference between thread counts would come from the reductions' grouping."""
+    so any difference between thread counts would come from the reductions' grouping. (float32
+    runs the CPU's widest kernels, float64 the baseline ones.)"""
     n, dim = 20000, 16  # several row chunks at this width
-    x = torch.randn(n, dim, dtype=torch.float64)
-    eye = torch.eye(dim, dtype=torch.float64)
-    b1, b2, alpha = torch.randn(dim, dtype=torch.float64), None, torch.tensor([0.3],
-                                                                               dtype=torch.float64)
+    x = torch.randn(n, dim, dtype=dtype)
+    eye = torch.eye(dim, dtype=dtype)
+    b1, b2, alpha = torch.randn(dim, dtype=dtype), None, torch.tensor([0.3], dtype=dtype)
     args = ("silu", True, 1e-6, detach)
     _, z, a, g_hat, r = ops.mlp_fwd(x, eye, b1, eye, b2, alpha, *args)
     y_bar = torch.randn_like(x)
@@ -201,6 +202,148 @@ def test_reductions_are_bit_identical_for_any_thread_count(detach):
     for b1_bar, alpha_bar in results[1:]:
         assert torch.equal(b1_bar, results[0][0])
         assert torch.equal(alpha_bar, results[0][1])
+
+
+def test_conv_column_sums_are_bit_identical_for_any_thread_count():
+    """Wide rows (conv: C·H·W columns) take the column-tiled path of the column sums: b̄1 and ᾱ
+    must not depend on the thread count either. 1×1 identity kernels keep the convs exact. (W̄1,
+    W̄2 and b̄2 come from oneDNN's weight-gradient convolutions, whose own reductions are not
+    fixed across thread counts.)"""
+    x = torch.randn(3, 8, 40, 40)
+    eye = torch.eye(8).view(8, 8, 1, 1)
+    args = ("tanh", True, 1e-6, False)
+    alpha = torch.tensor([0.3])
+    _, z, a, g_hat, r = ops.conv_fwd(x, eye, torch.randn(8), eye, None, alpha, *args)
+    y_bar = torch.randn_like(x)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            results.append(ops.conv_bwd(y_bar, x, eye, None, eye, alpha, z, a, g_hat, r, *args))
+    finally:
+        torch.set_num_threads(threads)
+    for res in results[1:]:
+        assert torch.equal(res[2], results[0][2])  # b̄1
+        assert torch.equal(res[5], results[0][5])  # ᾱ
+
+
+# ---- the CPU kernels' instruction sets and vector math ----------------------------------------
+
+_ISA_CHECK = r"""
+import torch, gradres_fused as gf
+torch.manual_seed(0)
+worst = 0.0
+for family, shapes in (("mlp", [(50, 13, 37)]), ("conv", [(3, 5, 7, 9, 11)])):
+    for shape in shapes:
+        for act in ("relu", "gelu", "gelu_tanh", "silu", "tanh", "sin"):
+            for detach in (True, False):
+                if family == "mlp":
+                    n, d, h = shape
+                    base = [torch.randn(n, d), torch.randn(h, d) * d ** -0.5, torch.randn(h),
+                            torch.randn(d, h) * h ** -0.5, torch.randn(d), torch.tensor([0.4])]
+                    fn = gf.gradres_mlp
+                else:
+                    n, c, cm, hh, ww = shape
+                    base = [torch.randn(n, c, hh, ww), torch.randn(cm, c, 3, 3) / 6,
+                            torch.randn(cm), torch.randn(c, cm, 3, 3) / 8, torch.randn(c),
+                            torch.tensor([0.4])]
+                    fn = gf.gradres_conv2d
+                out = {}
+                for backend, dtype in (("cpp", torch.float32), ("reference", torch.float64)):
+                    leaves = [t.to(dtype).requires_grad_() for t in base]
+                    y = fn(*leaves, activation=act, detach=detach, backend=backend)
+                    proj = torch.sin(torch.arange(y.numel(), dtype=dtype)).view_as(y)
+                    out[backend] = [y] + list(torch.autograd.grad((y * proj).sum(), leaves))
+                for got, want in zip(out["cpp"], out["reference"]):
+                    err = ((got.double() - want).norm() / want.norm().clamp_min(1e-30)).item()
+                    worst = max(worst, err)
+print("WORST", worst)
+"""
+
+
+@pytest.mark.parametrize("isa", ["base", "avx2", "avx512"])
+def test_cpu_isas_agree_with_the_float64_reference(isa):
+    """The float32 loops exist once per instruction set (stages_cpu_loops.h compiled for baseline
+    x86-64, AVX2, AVX-512): each copy, forced by GRADRES_CPU_ISA in a fresh process, matches the
+    float64 reference on awkward widths (tails shorter than a vector) for every activation."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, GRADRES_CPU_ISA=isa)
+    proc = subprocess.run([sys.executable, "-c", _ISA_CHECK], env=env, capture_output=True,
+                          text=True, timeout=600)
+    if f"has no {isa} kernels" in proc.stderr:
+        pytest.skip(f"this CPU or build has no {isa} kernels")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    worst = float(proc.stdout.split("WORST")[1])
+    assert worst < 2e-5, worst
+
+
+def test_cpu_isa_override_names_the_choices():
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, GRADRES_CPU_ISA="sse9")
+    code = ("import torch, gradres_fused as gf; x = torch.randn(2, 3); "
+            "gf.gradres_mlp(x, torch.randn(4, 3), None, torch.randn(3, 4), None, torch.zeros(1),"
+            " backend='cpp')")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0
+    assert "GRADRES_CPU_ISA: expected base, avx2 or avx512, got 'sse9'" in proc.stderr
+
+
+# z values from the tails (where exp under/overflows) through the middle, and non-finite ones.
+_EXTREME_Z = [-1e4, -120.0, -88.7, -87.5, -60.0, -10.0, -3.0, -1.0, -0.7, -0.3, -1e-3, -1e-6,
+              0.0, 1e-6, 1e-3, 0.3, 0.7, 1.0, 3.0, 10.0, 60.0, 87.5, 88.7, 120.0, 1e4]
+
+
+def _phi_and_dphi_from_the_fused_forward(z: torch.Tensor, activation: str, width: int = 19):
+    """φ(z) and φ'(z) as the float32 CPU kernels compute them, read off the forward op: x = z
+    (one feature), W1 = 1 (width hidden units, so every z fills a row of `width` lanes — not a
+    vector multiple — exactly), W2 = 1/width; then a = φ(z) per lane and, unnormalized,
+    ĝ = Σ_lanes φ'(z)·s·W1 = φ'(z)."""
+    x = z.view(-1, 1)
+    w1 = torch.ones(width, 1)
+    w2 = torch.full((1, width), 1.0 / width)
+    _, _, a, g_hat, _ = ops.mlp_fwd(x, w1, None, w2, None, torch.zeros(1), activation, False,
+                                    1e-6, True)
+    return a, g_hat.view(-1)
+
+
+def _assert_float32_accurate(got, z, fn, what):
+    """|got − fn(z)| (fn in float64) within 8 float32 ulps of the true value, or within 4× the error
+    of torch's own float32 evaluation where that cancels (gelu_tanh's 1 + tanh(u) for u ≪ 0), with
+    1e-37 of slack for results in the subnormal range (which the kernels flush)."""
+    want = fn(z.double())
+    torch_err = (fn(z.float()).double() - want).abs()
+    tol = torch.maximum(8 * torch.finfo(torch.float32).eps * want.abs(), 4 * torch_err) + 1e-37
+    err = (got.double() - want).abs()
+    bad = ~(err <= tol)
+    assert not bad.any(), (f"{what}: z={z[bad].tolist()} got={got[bad].tolist()} "
+                           f"want={want[bad].tolist()}")
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_cpu_vector_math_matches_the_activation_table(activation):
+    """The float32 CPU kernels' φ and φ' (vector exp/tanh/erf of csrc/cpu_math.h) against the
+    table's float64 values across the tails, and NaN/±inf propagated as torch does."""
+    act = gf.get_activation(activation)
+    z = torch.tensor(_EXTREME_Z)
+    if activation == "sin":  # libm sin/cos: keep to arguments a float32 can resolve
+        z = z[z.abs() <= 100]
+    a, d = _phi_and_dphi_from_the_fused_forward(z, activation)
+    for lane in range(a.shape[1]):
+        _assert_float32_accurate(a[:, lane], z, act.fn, f"{activation} φ lane {lane}")
+    _assert_float32_accurate(d, z, act.d1, f"{activation} φ'")
+    special = torch.tensor([float("nan"), float("inf"), float("-inf")])
+    a, d = _phi_and_dphi_from_the_fused_forward(special, activation)
+    want = act.fn(special).unsqueeze(1).expand_as(a)
+    torch.testing.assert_close(a, want, equal_nan=True)
+    torch.testing.assert_close(d[:1], act.d1(special[:1]), equal_nan=True)  # φ'(NaN)
 
 
 @pytest.mark.parametrize("detach", [True, False], ids=["detach", "second_order"])
