@@ -7,8 +7,11 @@
 
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/Dispatch.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -197,6 +200,67 @@ inline Tensor border(int64_t k, int64_t n, const Tensor& like) {
   return ((o >= 0) & (o < n)).to(like.scalar_type());
 }
 
+// wf[i, o, u, v] = w[o, i, kh−1−u, kw−1−v]: the kernel of the adjoint as a forward convolution.
+// On CPU one loop (transpose + flip + contiguous are three small ops, whose per-call cost a small
+// block cannot amortize).
+inline Tensor flipped_transpose(const Tensor& w_) {
+  if (!w_.is_cpu()) return w_.transpose(0, 1).flip({2, 3}).contiguous();
+  const Tensor w = w_.contiguous();
+  const int64_t O = w.size(0), I = w.size(1), kh = w.size(2), kw = w.size(3);
+  Tensor out = at::empty({I, O, kh, kw}, w.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "flipped_transpose",
+                                  [&] {
+    const scalar_t* src = w.data_ptr<scalar_t>();
+    scalar_t* dst = out.data_ptr<scalar_t>();
+    for (int64_t o = 0; o < O; ++o)
+      for (int64_t i = 0; i < I; ++i)
+        for (int64_t u = 0; u < kh; ++u)
+          for (int64_t v = 0; v < kw; ++v)
+            dst[((i * O + o) * kh + (kh - 1 - u)) * kw + (kw - 1 - v)] =
+                src[((o * I + i) * kh + u) * kw + v];
+  });
+  return out;
+}
+
+// S[c, i, j] = Σ_{u,v} W2.sum(0)[c, u, v]·R[u, i]·Q[v, j] on CPU by its two separable sums over
+// the taps that reach (i, j) — the einsum of Conv::smap without its small ops. (C, H, W).
+inline Tensor smap_cpu(const Tensor& w2, int64_t H, int64_t W) {
+  const Tensor ws = w2.sum(0).contiguous();  // (C, kh, kw)
+  const int64_t C = ws.size(0), kh = ws.size(1), kw = ws.size(2);
+  Tensor out = at::empty({C, H, W}, w2.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w2.scalar_type(), "smap_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* wp = ws.data_ptr<scalar_t>();
+    scalar_t* sp = out.data_ptr<scalar_t>();
+    // taps t of a k-wide kernel that reach output position p of n: t ∈ [p + k/2 − n + 1, p + k/2]
+    const auto first = [](int64_t p, int64_t k, int64_t n) {
+      return std::max<int64_t>(0, p + k / 2 - n + 1);
+    };
+    const auto last = [](int64_t p, int64_t k) { return std::min<int64_t>(k - 1, p + k / 2); };
+    at::parallel_for(0, C, 1, [&](int64_t cb, int64_t ce) {
+      std::vector<acc_t> rows(static_cast<size_t>(kh * W));  // T[u, j] = Σ_v ws[c, u, v]·Q[v, j]
+      for (int64_t c = cb; c < ce; ++c) {
+        for (int64_t u = 0; u < kh; ++u)
+          for (int64_t j = 0; j < W; ++j) {
+            acc_t t = 0;
+            for (int64_t v = first(j, kw, W); v <= last(j, kw); ++v)
+              t += acc_t(wp[(c * kh + u) * kw + v]);
+            rows[u * W + j] = t;
+          }
+        for (int64_t i = 0; i < H; ++i) {
+          const int64_t u0 = first(i, kh, H), u1 = last(i, kh);
+          for (int64_t j = 0; j < W; ++j) {
+            acc_t t = 0;
+            for (int64_t u = u0; u <= u1; ++u) t += rows[u * W + j];
+            sp[(c * H + i) * W + j] = scalar_t(t);
+          }
+        }
+      }
+    });
+  });
+  return out;
+}
+
 inline void check_conv_shapes(const Tensor& x, const Tensor& w1, const Tensor& w2) {
   TORCH_CHECK_VALUE(x.dim() == 4 && w1.dim() == 4 && w2.dim() == 4 && w1.size(1) == x.size(1) &&
                         w2.size(0) == x.size(1) && w2.size(1) == w1.size(0),
@@ -220,7 +284,7 @@ struct Conv {
   // channels and flipped in space (equal for stride 1, odd kernels and 'same' padding): oneDNN's
   // forward kernels are faster on CPU than its transposed ones.
   static Tensor adjoint(const Tensor& t, const Tensor& w, at::MemoryFormat fmt) {
-    return conv(t, w.transpose(0, 1).flip({2, 3}).contiguous(), c10::nullopt, false, fmt);
+    return conv(t, flipped_transpose(w), c10::nullopt, false, fmt);
   }
   // Weight gradients contiguous like the weights (channels_last activations may give them
   // channels_last).
@@ -243,6 +307,7 @@ struct Conv {
   }
   // S[c,i,j] = Σ_{u,v} W2.sum(0)[c,u,v] R[u,i] Q[v,j]: ∂ΣF/∂a, independent of x; flattened.
   static Tensor smap(const Tensor& w2, const Tensor& x) {
+    if (w2.is_cpu()) return smap_cpu(w2, x.size(2), x.size(3)).view({-1});
     return at::einsum("cuv,ui,vj->cij", {w2.sum(0), border(w2.size(2), x.size(2), w2),
                                          border(w2.size(3), x.size(3), w2)})
         .contiguous()
