@@ -221,6 +221,7 @@ def print_row(row: dict, progress: str = "") -> None:
 def markdown(result: dict) -> str:
     lines = [f"# {result['device']} — {result['date']} (tier: {result['tier']})", "",
              f"versions: {result['versions']}", "", f"ceilings: {result['ceilings']}", "",
+             f"allocator: {result.get('allocator', 'system default')}", "",
              "| " + " | ".join(("shape",) + HEADER) + " |", "|" + "---|" * (len(HEADER) + 1)]
     lines += ["| " + " | ".join(_fmt(r[k]) for k in ("shape",) + HEADER) + " |"
               for r in result["rows"]]
@@ -261,6 +262,26 @@ def chart(result: dict, path: str) -> Optional[str]:
     return path
 
 
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def retain_freed_memory() -> str:
+    """Make glibc malloc keep freed memory for reuse instead of handing every large buffer back to
+    the OS (and page-faulting it in again, zero-filled, on the next allocation): the fixed
+    thresholds jemalloc/tcmalloc effectively use, which PyTorch's CPU tuning guide recommends.
+    Returns a description for the results; raises where the C library is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    mmap_min, trim = 32 << 20, 1 << 30  # 32 MiB: glibc's largest mmap threshold
+    if not (hasattr(libc, "mallopt") and libc.mallopt(_M_MMAP_THRESHOLD, mmap_min)
+            and libc.mallopt(_M_TRIM_THRESHOLD, trim)):
+        raise SystemExit("--retain-memory needs glibc's mallopt")
+    return "glibc malloc, freed memory retained (mallopt M_MMAP_THRESHOLD=32 MiB, M_TRIM_THRESHOLD=1 GiB)"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true",
@@ -278,10 +299,16 @@ def main(argv=None) -> int:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="measure torch.compile peers (default: on, off with --quick)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--retain-memory", action="store_true",
+                   help="CPU: glibc malloc keeps freed memory instead of returning each large "
+                        "buffer to the OS (as jemalloc/tcmalloc do); recorded in the results")
     args = p.parse_args(argv)
+    allocator = retain_freed_memory() if args.retain_memory else "system default"
+    print(f"allocator: {allocator}", flush=True)
     args.compile = (not args.quick) if args.compile is None else args.compile
     args.seconds = args.seconds or (1.0 if args.quick else 6.0)
     result = run(args)
+    result["allocator"] = allocator
     out = args.out or os.path.join(
         HERE, "results", f"{result['device']}-{result['date'].replace('-', '')}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

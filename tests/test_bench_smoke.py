@@ -26,7 +26,8 @@ def test_bench_quick_writes_schema_and_parity(tmp_path):
     assert [r[0] for r in table[1:]] == [f"[{i}/4]" for i in range(1, 5)
                                          for _ in range(len(result["rows"]) // 4)]
     assert [r[1] for r in table[1:]] == [r["shape"] for r in result["rows"]]
-    assert {"device", "versions", "date", "rows"} <= set(result)
+    assert {"device", "versions", "date", "rows", "allocator"} <= set(result)
+    assert result["allocator"] == "system default"
     assert (tmp_path / "r.md").is_file()
     rows = result["rows"]
     assert {(r["workload"], r["mode"]) for r in rows} == {
@@ -57,3 +58,15 @@ def test_console_row_shows_progress_and_shape(capsys, monkeypatch):
     assert first.split(" | ")[:3] == ["[3/16]", "NxDxH=8x4x4", "mlp_narrow"]
     assert second.split(" | ")[0] == "-"
     assert len(first.split(" | ")) == len(header.split(" | "))
+
+
+@pytest.mark.slow
+def test_bench_retain_memory_is_recorded(tmp_path):
+    out = tmp_path / "r.json"
+    subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out), "--retain-memory",
+                    "--workload", "mlp_narrow", "--activations", "relu", "--mode", "detach",
+                    "--backend", "cpp", "--reps", "1"], cwd=ROOT, check=True, capture_output=True,
+                   text=True)
+    result = json.loads(out.read_text())
+    assert result["allocator"].startswith("glibc malloc, freed memory retained")
+    assert "allocator: glibc malloc, freed memory retained" in (tmp_path / "r.md").read_text()
