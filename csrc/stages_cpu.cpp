@@ -29,8 +29,7 @@ namespace {
 
 namespace base_loops = cpu::base_loops;
 
-// Rows per task: enough work per chunk to amortize the thread hand-off.
-int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(cols, 1)); }
+using cpu::row_grain;
 
 // The reductions over rows (ᾱ, column sums) split the rows into chunks that depend only on the
 // shape, never on the thread count, and keep one partial per chunk, added up in chunk order:
@@ -62,7 +61,6 @@ struct RowChunks {
   }
 };
 
-double sigmoid_of(const Tensor& alpha) { return 1.0 / (1.0 + std::exp(-alpha.item<double>())); }
 
 // The float32 loops for this CPU: the widest ISA it runs, or GRADRES_CPU_ISA=base|avx2|avx512.
 const cpu::FloatKernels& float_kernels() {
@@ -96,28 +94,28 @@ const cpu::FloatKernels& float_kernels() {
 
 // The loops for scalar_t: float32 through the ISA table, other dtypes at baseline.
 template <typename scalar_t, Act A>
-void run_act_fwd(const cpu::ActFwdParams& p, int64_t b, int64_t e) {
+void run_act_fwd(const ActFwdParams& p, int64_t b, int64_t e) {
   if constexpr (std::is_same_v<scalar_t, float>)
     float_kernels().act_fwd[static_cast<int>(A)](p, b, e);
   else
     base_loops::act_fwd_rows<scalar_t, A>(p, b, e);
 }
 template <typename scalar_t>
-void run_mix_fwd(const cpu::MixFwdParams& p, int64_t b, int64_t e) {
+void run_mix_fwd(const MixFwdParams& p, int64_t b, int64_t e) {
   if constexpr (std::is_same_v<scalar_t, float>)
     float_kernels().mix_fwd(p, b, e);
   else
     base_loops::mix_fwd_rows<scalar_t>(p, b, e);
 }
 template <typename scalar_t>
-double run_mix_bwd(const cpu::MixBwdParams& p, int64_t b, int64_t e) {
+double run_mix_bwd(const MixBwdParams& p, int64_t b, int64_t e) {
   if constexpr (std::is_same_v<scalar_t, float>)
     return float_kernels().mix_bwd(p, b, e);
   else
     return base_loops::mix_bwd_rows<scalar_t>(p, b, e);
 }
 template <typename scalar_t, Act A>
-void run_act_bwd(const cpu::ActBwdParams& p, int64_t rb, int64_t re, int64_t cb, int64_t ce,
+void run_act_bwd(const ActBwdParams& p, int64_t rb, int64_t re, int64_t cb, int64_t ce,
                  double* sums) {
   if constexpr (std::is_same_v<scalar_t, float>)
     float_kernels().act_bwd[static_cast<int>(A)](p, rb, re, cb, ce, sums);
@@ -126,12 +124,13 @@ void run_act_bwd(const cpu::ActBwdParams& p, int64_t rb, int64_t re, int64_t cb,
 }
 
 const void* ptr_or_null(const Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
+void* mut_ptr_or_null(const Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
 
 template <typename scalar_t, Act A>
 void act_fwd_cpu(Tensor& z, const Tensor& bias, const Tensor& s, Tensor& a, Tensor& d) {
   const int64_t rows = z.size(0), P = z.size(1);
-  const cpu::ActFwdParams p{z.data_ptr(), ptr_or_null(bias), s.data_ptr(), a.data_ptr(),
-                            d.data_ptr(), P};
+  const ActFwdParams p{z.data_ptr(), ptr_or_null(bias), s.data_ptr(), a.data_ptr(),
+                       d.data_ptr(), rows, P, A};
   at::parallel_for(0, rows, row_grain(P),
                    [&](int64_t b, int64_t e) { run_act_fwd<scalar_t, A>(p, b, e); });
 }
@@ -140,9 +139,9 @@ template <typename scalar_t>
 void mix_fwd_cpu(Tensor& f, const Tensor& bias, Tensor& g, const Tensor& x, const Tensor& alpha,
                  bool normalize, double eps, Tensor& r) {
   const int64_t rows = f.size(0), Q = f.size(1);
-  const cpu::MixFwdParams p{f.data_ptr(), ptr_or_null(bias), g.data_ptr(), x.data_ptr(),
-                            normalize ? r.data_ptr() : nullptr, Q, sigmoid_of(alpha), eps,
-                            normalize};
+  const MixFwdParams p{f.data_ptr(), ptr_or_null(bias), g.data_ptr(), x.data_ptr(),
+                       alpha.data_ptr(), normalize ? r.data_ptr() : nullptr, rows, Q, eps,
+                       normalize};
   at::parallel_for(0, rows, row_grain(Q),
                    [&](int64_t b, int64_t e) { run_mix_fwd<scalar_t>(p, b, e); });
 }
@@ -152,11 +151,11 @@ void mix_bwd_cpu(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x, cons
                  const Tensor& alpha, bool normalize, bool detach, Tensor& g_bar,
                  Tensor& alpha_bar, Tensor& x_bar) {
   const int64_t rows = y_bar.size(0), Q = y_bar.size(1);
-  const double m = sigmoid_of(alpha);
-  const cpu::MixBwdParams p{y_bar.data_ptr(), g_hat.data_ptr(), x.data_ptr(),
-                            (normalize && !detach) ? r.data_ptr() : nullptr,
-                            detach ? nullptr : g_bar.data_ptr(),
-                            x_bar.defined() ? x_bar.data_ptr() : nullptr, Q, m, normalize, detach};
+  const MixBwdParams p{y_bar.data_ptr(), g_hat.data_ptr(), x.data_ptr(),
+                       (normalize && !detach) ? r.data_ptr() : nullptr, alpha.data_ptr(),
+                       detach ? nullptr : g_bar.data_ptr(), alpha_bar.data_ptr(),
+                       mut_ptr_or_null(x_bar), rows, Q, normalize, detach};
+  const double m = cpu::mix_weight<scalar_t>(p.alpha);
   const RowChunks chunks(rows, Q, 1);
   std::vector<double> chunk_sum(static_cast<size_t>(chunks.count), 0.0);  // Σ ȳ(ĝ − x) per chunk
   chunks.for_each([&](int64_t c, int64_t b, int64_t e) {
@@ -164,16 +163,17 @@ void mix_bwd_cpu(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x, cons
   });
   double total = 0;
   for (const double part : chunk_sum) total += part;
-  alpha_bar.fill_(m * (1.0 - m) * total);
+  *static_cast<scalar_t*>(p.alpha_bar) = scalar_t(m * (1.0 - m) * total);
 }
 
 template <typename scalar_t, Act A>
 void act_bwd_cpu(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar, const Tensor& s,
                  bool detach, Tensor& z_bar, Tensor& d, Tensor& zbar_colsum, Tensor& s_bar) {
   const int64_t rows = z.size(0), P = z.size(1);
-  const cpu::ActBwdParams p{z.data_ptr(), a_bar.data_ptr(), detach ? nullptr : d_bar.data_ptr(),
-                            s.data_ptr(), z_bar.data_ptr(), detach ? nullptr : d.data_ptr(),
-                            P, row_grain(P), detach};
+  const ActBwdParams p{z.data_ptr(), a_bar.data_ptr(), detach ? nullptr : d_bar.data_ptr(),
+                       s.data_ptr(), z_bar.data_ptr(), detach ? nullptr : d.data_ptr(),
+                       zbar_colsum.data_ptr(), detach ? nullptr : s_bar.data_ptr(), rows, P, A,
+                       detach};
   // Column sums, in tiles that depend only on the shape (so results are bit-identical for any
   // thread count): column blocks of ≤ kActBwdColBlock columns × row chunks. Wide rows (conv:
   // P = C·H·W) get one row chunk: each tile sums all rows of its columns on the stack and writes
@@ -183,8 +183,8 @@ void act_bwd_cpu(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar, cons
       1, (P + cpu::kActBwdColBlock - 1) / cpu::kActBwdColBlock);
   const int64_t col_width = (P + col_blocks - 1) / col_blocks;
   const RowChunks chunks(rows, P, nsum * P, col_blocks >= 16 ? 1 : kMaxChunks / col_blocks);
-  scalar_t* zcs = zbar_colsum.data_ptr<scalar_t>();
-  scalar_t* scs = detach ? nullptr : s_bar.data_ptr<scalar_t>();
+  scalar_t* zcs = static_cast<scalar_t*>(p.zbar_colsum);
+  scalar_t* scs = static_cast<scalar_t*>(p.s_bar);
   const auto cols_of = [&](int64_t blk) {
     return std::make_pair(blk * col_width, std::min(P, (blk + 1) * col_width));
   };
@@ -233,7 +233,7 @@ void act_bwd_cpu(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar, cons
 template <typename scalar_t>
 void add_skip_grad_cpu(Tensor& out, const Tensor& y_bar, const Tensor& alpha) {
   using acc_t = at::opmath_type<scalar_t>;
-  const acc_t k = acc_t(1.0 - sigmoid_of(alpha));
+  const acc_t k = acc_t(1.0 - cpu::mix_weight<scalar_t>(alpha.data_ptr()));
   scalar_t* op = out.data_ptr<scalar_t>();
   const scalar_t* yb = y_bar.data_ptr<scalar_t>();
   at::parallel_for(0, out.numel(), 32768, [&](int64_t b, int64_t e) {

@@ -46,7 +46,7 @@ template <typename scalar_t>
 void mix_fwd_rows(const MixFwdParams& p, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t Q = p.Q;
-  const acc_t m = acc_t(p.m), k = acc_t(1) - m;
+  const acc_t m = acc_t(mix_weight<scalar_t>(p.alpha)), k = acc_t(1) - m;
   const double eps2 = double(acc_t(p.eps) * acc_t(p.eps));
   scalar_t* __restrict fp = static_cast<scalar_t*>(p.f);
   const scalar_t* __restrict bp = static_cast<const scalar_t*>(p.bias);
@@ -92,7 +92,7 @@ template <typename scalar_t>
 double mix_bwd_rows(const MixBwdParams& p, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t Q = p.Q;
-  const acc_t m = acc_t(p.m), k = acc_t(1) - m;
+  const acc_t m = acc_t(mix_weight<scalar_t>(p.alpha)), k = acc_t(1) - m;
   const scalar_t* __restrict yb = static_cast<const scalar_t*>(p.y_bar);
   const scalar_t* __restrict gh = static_cast<const scalar_t*>(p.g_hat);
   const scalar_t* __restrict xp = static_cast<const scalar_t*>(p.x);
@@ -142,14 +142,15 @@ double mix_bwd_rows(const MixBwdParams& p, int64_t begin, int64_t end) {
 
 // z̄ = ā·φ'(z) [+ d̄·s·φ''(z)], d = φ'(z)·s over rows [row_begin, row_end) × columns
 // [col_begin, col_end) (at most kActBwdColBlock of them); the tile's column sums Σz̄ (then
-// Σd̄·φ'(z)) are added into sums[0, w) (then sums[w, 2w)), w = col_end − col_begin: p.grain rows at
-// a time summed in acc_t (the loop's type, so it vectorizes), then added in double.
+// Σd̄·φ'(z)) are added into sums[0, w) (then sums[w, 2w)), w = col_end − col_begin: row_grain(P)
+// rows at a time summed in acc_t (the loop's type, so it vectorizes), then added in double.
 template <typename scalar_t, Act A>
 void act_bwd_tile(const ActBwdParams& p, int64_t row_begin, int64_t row_end, int64_t col_begin,
                   int64_t col_end, double* sums) {
   using Ops = ActOps<A>;
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t P = p.P, w = col_end - col_begin, nsum = p.detach ? 1 : 2;
+  const int64_t grain = row_grain(P);
   const scalar_t* __restrict zp = static_cast<const scalar_t*>(p.z) + col_begin;
   const scalar_t* __restrict ab = static_cast<const scalar_t*>(p.a_bar) + col_begin;
   const scalar_t* __restrict db =
@@ -160,9 +161,9 @@ void act_bwd_tile(const ActBwdParams& p, int64_t row_begin, int64_t row_end, int
   acc_t block[2 * kActBwdColBlock];
   acc_t* __restrict zc = block;
   acc_t* __restrict sc = block + w;
-  for (int64_t b = row_begin; b < row_end; b += p.grain) {
+  for (int64_t b = row_begin; b < row_end; b += grain) {
     std::fill(block, block + nsum * w, acc_t(0));
-    const int64_t block_end = std::min(b + p.grain, row_end);
+    const int64_t block_end = std::min(b + grain, row_end);
     for (int64_t n = b; n < block_end; ++n) {
       const int64_t o = n * P;
       if (p.detach) {

@@ -391,9 +391,13 @@ int64_t row_scratch_elems(int64_t rows, int64_t Q) {
 }
 
 template <typename T>
-void act_fwd(const T* z, const T* s, T* a, T* d, int64_t rows, int64_t P, Act act,
-             cudaStream_t stream) {
-  const int64_t n = rows * P;
+void act_fwd(const ActFwdParams& p, cudaStream_t stream) {
+  const T* z = static_cast<const T*>(p.z);
+  const T* s = static_cast<const T*>(p.s);
+  T* a = static_cast<T*>(p.a);
+  T* d = static_cast<T*>(p.d);
+  const int64_t P = p.P, n = p.rows * p.P;
+  const Act act = p.act;
   if (n == 0) return;
   constexpr int V = 16 / sizeof(T);
   const bool vec = P % V == 0 && aligned16(z) && aligned16(a) && aligned16(d);
@@ -406,8 +410,15 @@ void act_fwd(const T* z, const T* s, T* a, T* d, int64_t rows, int64_t P, Act ac
 }
 
 template <typename T>
-void mix_fwd(T* f, T* g, const T* x, const T* alpha, typename Acc<T>::type* r, void* scratch,
-             int64_t rows, int64_t Q, bool normalize, double eps, cudaStream_t stream) {
+void mix_fwd(const MixFwdParams& p, void* scratch, cudaStream_t stream) {
+  T* f = static_cast<T*>(p.f);
+  T* g = static_cast<T*>(p.g);
+  const T* x = static_cast<const T*>(p.x);
+  const T* alpha = static_cast<const T*>(p.alpha);
+  auto* r = static_cast<typename Acc<T>::type*>(p.r);
+  const int64_t rows = p.rows, Q = p.Q;
+  const bool normalize = p.normalize;
+  const double eps = p.eps;
   if (rows == 0) return;
   if (Q <= kWarpRowMax) {
     mix_fwd_warp_kernel<T><<<warp_row_blocks(rows), kThreads, 0, stream>>>(f, g, x, alpha, r, rows,
@@ -424,9 +435,17 @@ void mix_fwd(T* f, T* g, const T* x, const T* alpha, typename Acc<T>::type* r, v
 }
 
 template <typename T>
-void mix_bwd(const T* y_bar, const T* g_hat, const T* x, const typename Acc<T>::type* r,
-             const T* alpha, T* g_bar, T* alpha_bar, T* x_bar, void* scratch,
-             int64_t rows, int64_t Q, bool normalize, bool detach, cudaStream_t stream) {
+void mix_bwd(const MixBwdParams& p, void* scratch, cudaStream_t stream) {
+  const T* y_bar = static_cast<const T*>(p.y_bar);
+  const T* g_hat = static_cast<const T*>(p.g_hat);
+  const T* x = static_cast<const T*>(p.x);
+  const auto* r = static_cast<const typename Acc<T>::type*>(p.r);
+  const T* alpha = static_cast<const T*>(p.alpha);
+  T* g_bar = static_cast<T*>(p.g_bar);
+  T* alpha_bar = static_cast<T*>(p.alpha_bar);
+  T* x_bar = static_cast<T*>(p.x_bar);
+  const int64_t rows = p.rows, Q = p.Q;
+  const bool normalize = p.normalize, detach = p.detach;
   using R = typename Red<T>::type;
   R* part = static_cast<R*>(scratch);
   if (rows == 0 || Q <= kWarpRowMax) {
@@ -451,9 +470,18 @@ int64_t act_bwd_scratch_elems(int64_t rows, int64_t P, bool detach) {
 }
 
 template <typename T>
-void act_bwd(const T* z, const T* a_bar, const T* d_bar, const T* s, T* z_bar, T* d,
-             T* zbar_colsum, T* s_bar, void* col_partial, int64_t rows, int64_t P, Act act,
-             bool detach, cudaStream_t stream) {
+void act_bwd(const ActBwdParams& p, void* col_partial, cudaStream_t stream) {
+  const T* z = static_cast<const T*>(p.z);
+  const T* a_bar = static_cast<const T*>(p.a_bar);
+  const T* d_bar = static_cast<const T*>(p.d_bar);
+  const T* s = static_cast<const T*>(p.s);
+  T* z_bar = static_cast<T*>(p.z_bar);
+  T* d = static_cast<T*>(p.d);
+  T* zbar_colsum = static_cast<T*>(p.zbar_colsum);
+  T* s_bar = static_cast<T*>(p.s_bar);
+  const int64_t rows = p.rows, P = p.P;
+  const Act act = p.act;
+  const bool detach = p.detach;
   using Red_t = typename Red<T>::type;  // (`A` is the activation inside the dispatch below)
   if (P == 0) return;
   const int64_t chunks = num_chunks(rows);
@@ -470,7 +498,11 @@ void act_bwd(const T* z, const T* a_bar, const T* d_bar, const T* s, T* z_bar, T
 }
 
 template <typename T>
-void add_skip_grad(T* out, const T* y_bar, const T* alpha, int64_t n, cudaStream_t stream) {
+void add_skip_grad(const AddSkipGradParams& p, cudaStream_t stream) {
+  T* out = static_cast<T*>(p.out);
+  const T* y_bar = static_cast<const T*>(p.y_bar);
+  const T* alpha = static_cast<const T*>(p.alpha);
+  const int64_t n = p.n;
   if (n == 0) return;
   constexpr int V = 16 / sizeof(T);
   if (n % V == 0 && aligned16(out) && aligned16(y_bar))
@@ -479,15 +511,12 @@ void add_skip_grad(T* out, const T* y_bar, const T* alpha, int64_t n, cudaStream
     add_skip_grad_kernel<T, 1><<<blocks_for(n), kThreads, 0, stream>>>(out, y_bar, alpha, n);
 }
 
-#define GRADRES_INSTANTIATE(T)                                                                   \
-  template void act_fwd<T>(const T*, const T*, T*, T*, int64_t, int64_t, Act, cudaStream_t);   \
-  template void mix_fwd<T>(T*, T*, const T*, const T*, Acc<T>::type*, void*, int64_t, int64_t, \
-                           bool, double, cudaStream_t);                                        \
-  template void mix_bwd<T>(const T*, const T*, const T*, const Acc<T>::type*, const T*, T*, T*, \
-                           T*, void*, int64_t, int64_t, bool, bool, cudaStream_t);         \
-  template void act_bwd<T>(const T*, const T*, const T*, const T*, T*, T*, T*, T*, void*,      \
-                           int64_t, int64_t, Act, bool, cudaStream_t);                         \
-  template void add_skip_grad<T>(T*, const T*, const T*, int64_t, cudaStream_t);
+#define GRADRES_INSTANTIATE(T)                                                  \
+  template void act_fwd<T>(const ActFwdParams&, cudaStream_t);                \
+  template void mix_fwd<T>(const MixFwdParams&, void*, cudaStream_t);         \
+  template void mix_bwd<T>(const MixBwdParams&, void*, cudaStream_t);         \
+  template void act_bwd<T>(const ActBwdParams&, void*, cudaStream_t);         \
+  template void add_skip_grad<T>(const AddSkipGradParams&, cudaStream_t);
 
 GRADRES_INSTANTIATE(float)
 GRADRES_INSTANTIATE(double)

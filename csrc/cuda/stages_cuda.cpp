@@ -1,5 +1,6 @@
-// The fused stages of stages.h on CUDA (CudaStages): take ATen tensors, the current stream and
-// scratch from the caching allocator, and launch the torch-free kernels of stages.cu; registered
+// The fused stages of stages.h on CUDA (CudaStages): fill each stage's parameter struct
+// (../stage_params.h) from ATen tensors, take scratch from the caching allocator, and launch the
+// torch-free kernels of stages.cu on the current stream; registered
 // with the dispatcher as the ops' CUDA kernels, through the block glue of blocks.h. Compiled only
 // in a CUDAExtension build (WITH_CUDA).
 #include <ATen/ATen.h>
@@ -21,17 +22,8 @@ template <typename S> struct CudaType { using type = S; };
 template <> struct CudaType<at::Half> { using type = __half; };
 template <> struct CudaType<at::BFloat16> { using type = __nv_bfloat16; };
 
-template <typename S>
-typename CudaType<S>::type* ptr(const Tensor& t) {
-  return t.defined() ? reinterpret_cast<typename CudaType<S>::type*>(t.data_ptr<S>()) : nullptr;
-}
-
-// The saved norm r: Acc<T> (float32; float64 for float64 inputs), checked by the caller.
-template <typename S>
-typename cuda::Acc<typename CudaType<S>::type>::type* acc_ptr(const Tensor& t) {
-  return t.defined() ? static_cast<typename cuda::Acc<typename CudaType<S>::type>::type*>(t.data_ptr())
-                     : nullptr;
-}
+const void* cptr(const Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
+void* mptr(const Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
 
 // The dtype of cuda::Red<T>, for the reductions' scratch: float64 for float32 and float64 inputs.
 at::ScalarType red_type(const Tensor& t) {
@@ -48,9 +40,10 @@ void CudaStages::act_fwd(Tensor& z, const Tensor& bias, const Tensor& s, Act act
   RECORD_FUNCTION("gradres::act_fwd", std::vector<c10::IValue>());
   TORCH_INTERNAL_ASSERT(!bias.defined(), "CUDA GEMMs add their bias (kAddsLinearBias)");
   c10::cuda::CUDAGuard device_guard(z.device());
+  const ActFwdParams p{z.data_ptr(), nullptr, s.data_ptr(), a.data_ptr(), d.data_ptr(),
+                       z.size(0), z.size(1), act};
   GRADRES_CUDA_FLOATS(z, "gradres act_fwd_cuda", [&] {
-    cuda::act_fwd(ptr<scalar_t>(z), ptr<scalar_t>(s), ptr<scalar_t>(a), ptr<scalar_t>(d),
-                  z.size(0), z.size(1), act, c10::cuda::getCurrentCUDAStream());
+    cuda::act_fwd<typename CudaType<scalar_t>::type>(p, c10::cuda::getCurrentCUDAStream());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -62,10 +55,11 @@ void CudaStages::mix_fwd(Tensor& f, const Tensor& bias, Tensor& g, const Tensor&
   c10::cuda::CUDAGuard device_guard(f.device());
   Tensor scratch = at::empty({cuda::row_scratch_elems(f.size(0), f.size(1))},
                              f.options().dtype(red_type(f)));
+  const MixFwdParams p{f.data_ptr(), nullptr, g.data_ptr(), x.data_ptr(), alpha.data_ptr(),
+                       normalize ? r.data_ptr() : nullptr, f.size(0), f.size(1), eps, normalize};
   GRADRES_CUDA_FLOATS(f, "gradres mix_fwd_cuda", [&] {
-    cuda::mix_fwd(ptr<scalar_t>(f), ptr<scalar_t>(g), ptr<scalar_t>(x), ptr<scalar_t>(alpha),
-                  normalize ? acc_ptr<scalar_t>(r) : nullptr, scratch.data_ptr(), f.size(0),
-                  f.size(1), normalize, eps, c10::cuda::getCurrentCUDAStream());
+    cuda::mix_fwd<typename CudaType<scalar_t>::type>(p, scratch.data_ptr(),
+                                                     c10::cuda::getCurrentCUDAStream());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -77,13 +71,13 @@ void CudaStages::mix_bwd(const Tensor& y_bar, const Tensor& g_hat, const Tensor&
   c10::cuda::CUDAGuard device_guard(y_bar.device());
   Tensor scratch = at::empty({cuda::row_scratch_elems(y_bar.size(0), y_bar.size(1))},
                              y_bar.options().dtype(red_type(y_bar)));
+  const MixBwdParams p{y_bar.data_ptr(), g_hat.data_ptr(), x.data_ptr(),
+                       (normalize && !detach) ? r.data_ptr() : nullptr, alpha.data_ptr(),
+                       detach ? nullptr : g_bar.data_ptr(), alpha_bar.data_ptr(), mptr(x_bar),
+                       y_bar.size(0), y_bar.size(1), normalize, detach};
   GRADRES_CUDA_FLOATS(y_bar, "gradres mix_bwd_cuda", [&] {
-    cuda::mix_bwd(ptr<scalar_t>(y_bar), ptr<scalar_t>(g_hat), ptr<scalar_t>(x),
-                  (normalize && !detach) ? acc_ptr<scalar_t>(r) : nullptr, ptr<scalar_t>(alpha),
-                  detach ? nullptr : ptr<scalar_t>(g_bar),
-                  ptr<scalar_t>(alpha_bar), x_bar.defined() ? ptr<scalar_t>(x_bar) : nullptr,
-                  scratch.data_ptr(), y_bar.size(0), y_bar.size(1),
-                  normalize, detach, c10::cuda::getCurrentCUDAStream());
+    cuda::mix_bwd<typename CudaType<scalar_t>::type>(p, scratch.data_ptr(),
+                                                     c10::cuda::getCurrentCUDAStream());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -95,12 +89,13 @@ void CudaStages::act_bwd(const Tensor& z, const Tensor& a_bar, const Tensor& d_b
   c10::cuda::CUDAGuard device_guard(z.device());
   Tensor scratch = at::empty({cuda::act_bwd_scratch_elems(z.size(0), z.size(1), detach)},
                              z.options().dtype(red_type(z)));
+  const ActBwdParams p{z.data_ptr(), a_bar.data_ptr(), detach ? nullptr : cptr(d_bar),
+                       s.data_ptr(), z_bar.data_ptr(), detach ? nullptr : mptr(d),
+                       zbar_colsum.data_ptr(), detach ? nullptr : mptr(s_bar), z.size(0),
+                       z.size(1), act, detach};
   GRADRES_CUDA_FLOATS(z, "gradres act_bwd_cuda", [&] {
-    cuda::act_bwd(ptr<scalar_t>(z), ptr<scalar_t>(a_bar), detach ? nullptr : ptr<scalar_t>(d_bar),
-                  ptr<scalar_t>(s), ptr<scalar_t>(z_bar),
-                  detach ? nullptr : ptr<scalar_t>(d), ptr<scalar_t>(zbar_colsum),
-                  detach ? nullptr : ptr<scalar_t>(s_bar), scratch.data_ptr(), z.size(0),
-                  z.size(1), act, detach, c10::cuda::getCurrentCUDAStream());
+    cuda::act_bwd<typename CudaType<scalar_t>::type>(p, scratch.data_ptr(),
+                                                     c10::cuda::getCurrentCUDAStream());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -108,9 +103,9 @@ void CudaStages::act_bwd(const Tensor& z, const Tensor& a_bar, const Tensor& d_b
 void CudaStages::add_skip_grad(Tensor& out, const Tensor& y_bar, const Tensor& alpha) {
   RECORD_FUNCTION("gradres::add_skip_grad", std::vector<c10::IValue>());
   c10::cuda::CUDAGuard device_guard(out.device());
+  const AddSkipGradParams p{out.data_ptr(), y_bar.data_ptr(), alpha.data_ptr(), out.numel()};
   GRADRES_CUDA_FLOATS(out, "gradres add_skip_grad_cuda", [&] {
-    cuda::add_skip_grad(ptr<scalar_t>(out), ptr<scalar_t>(y_bar), ptr<scalar_t>(alpha),
-                        out.numel(), c10::cuda::getCurrentCUDAStream());
+    cuda::add_skip_grad<typename CudaType<scalar_t>::type>(p, c10::cuda::getCurrentCUDAStream());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -1,0 +1,81 @@
+// The fused stages' parameters: one struct per stage, filled once per call by the device's stage
+// (CpuStages in stages_cpu.cpp, CudaStages in cuda/stages_cuda.cpp) and read by its kernels —
+// the CPU loops (stages_cpu_loops.h) and the CUDA launchers (cuda/stages.cu). Torch-free and
+// nvcc-safe, like flash-attention's Flash_fwd_params or StyleGAN3's bias_act_kernel_params.
+//
+// All tensors are dense row-major (rows, cols) views in the stage's dtype unless noted; nullptr
+// means "absent". r is in the accumulation type (float32; float64 for float64 inputs).
+// m = sigmoid(alpha[0]) is computed by the kernels from the alpha pointer (host memory on CPU,
+// device memory on CUDA: no synchronization).
+#pragma once
+
+#include <cstdint>
+
+#include "activations.h"
+
+namespace gradres {
+
+// z ← z + bias (when given); a = φ(z), d = φ'(z)·s.
+struct ActFwdParams {
+  void* z;            // (rows, P)
+  const void* bias;   // (P,) or nullptr
+  const void* s;      // (P,) s = ∂ΣF/∂a
+  void* a;            // (rows, P)
+  void* d;            // (rows, P)
+  int64_t rows, P;
+  Act act;
+};
+
+// Per row: r = sqrt(Σg² + eps²), g ← g/r (normalize); f ← f [+ bias] + (1−m)x + m·ĝ (= y).
+struct MixFwdParams {
+  void* f;            // (rows, Q) in: F; out: y
+  const void* bias;   // (Q,) or nullptr
+  void* g;            // (rows, Q) in: g; out: ĝ
+  const void* x;      // (rows, Q)
+  const void* alpha;  // (1,)
+  void* r;            // (rows,) accumulation type; normalize only
+  int64_t rows, Q;
+  double eps;
+  bool normalize;
+};
+
+// ᾱ = m(1−m)·Σ ȳ(ĝ − x); second order: ḡ = (mȳ − ĝ(ĝ·mȳ))/r (or mȳ); x̄ += (1 − m)ȳ when
+// x_bar is given.
+struct MixBwdParams {
+  const void* y_bar;  // (rows, Q)
+  const void* g_hat;  // (rows, Q)
+  const void* x;      // (rows, Q)
+  const void* r;      // (rows,) accumulation type; second order with normalize only
+  const void* alpha;  // (1,)
+  void* g_bar;        // (rows, Q) second order only
+  void* alpha_bar;    // (1,)
+  void* x_bar;        // (rows, Q) or nullptr
+  int64_t rows, Q;
+  bool normalize, detach;
+};
+
+// z̄ = ā·φ'(z) [+ d̄·s·φ''(z)], d = φ'(z)·s; column sums zbar_colsum = Σ_rows z̄ and
+// s_bar = Σ_rows d̄·φ'(z). d̄, d and s_bar in second order only.
+struct ActBwdParams {
+  const void* z;      // (rows, P)
+  const void* a_bar;  // (rows, P)
+  const void* d_bar;  // (rows, P)
+  const void* s;      // (P,)
+  void* z_bar;        // (rows, P)
+  void* d;            // (rows, P)
+  void* zbar_colsum;  // (P,)
+  void* s_bar;        // (P,)
+  int64_t rows, P;
+  Act act;
+  bool detach;
+};
+
+// out += (1 − m)·ȳ over n elements.
+struct AddSkipGradParams {
+  void* out;
+  const void* y_bar;
+  const void* alpha;  // (1,)
+  int64_t n;
+};
+
+}  // namespace gradres
