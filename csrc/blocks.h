@@ -8,6 +8,7 @@
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
@@ -204,20 +205,22 @@ inline Tensor border(int64_t k, int64_t n, const Tensor& like) {
 // On CPU one loop (transpose + flip + contiguous are three small ops, whose per-call cost a small
 // block cannot amortize).
 inline Tensor flipped_transpose(const Tensor& w_) {
+  RECORD_FUNCTION("gradres::flipped_transpose", std::vector<c10::IValue>());
   if (!w_.is_cpu()) return w_.transpose(0, 1).flip({2, 3}).contiguous();
   const Tensor w = w_.contiguous();
-  const int64_t O = w.size(0), I = w.size(1), kh = w.size(2), kw = w.size(3);
-  Tensor out = at::empty({I, O, kh, kw}, w.options());
+  const int64_t O = w.size(0), I = w.size(1), K = w.size(2) * w.size(3);
+  Tensor out = at::empty({I, O, w.size(2), w.size(3)}, w.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "flipped_transpose",
                                   [&] {
+    // Flipping both spatial axes of a kh×kw kernel reverses its K = kh·kw contiguous values.
     const scalar_t* src = w.data_ptr<scalar_t>();
     scalar_t* dst = out.data_ptr<scalar_t>();
-    for (int64_t o = 0; o < O; ++o)
-      for (int64_t i = 0; i < I; ++i)
-        for (int64_t u = 0; u < kh; ++u)
-          for (int64_t v = 0; v < kw; ++v)
-            dst[((i * O + o) * kh + (kh - 1 - u)) * kw + (kw - 1 - v)] =
-                src[((o * I + i) * kh + u) * kw + v];
+    for (int64_t i = 0; i < I; ++i)  // writes in order; reads stride I·K
+      for (int64_t o = 0; o < O; ++o) {
+        const scalar_t* from = src + (o * I + i) * K;
+        scalar_t* to = dst + (i * O + o) * K + (K - 1);
+        for (int64_t t = 0; t < K; ++t) to[-t] = from[t];
+      }
   });
   return out;
 }
@@ -225,6 +228,7 @@ inline Tensor flipped_transpose(const Tensor& w_) {
 // S[c, i, j] = Σ_{u,v} W2.sum(0)[c, u, v]·R[u, i]·Q[v, j] on CPU by its two separable sums over
 // the taps that reach (i, j) — the einsum of Conv::smap without its small ops. (C, H, W).
 inline Tensor smap_cpu(const Tensor& w2, int64_t H, int64_t W) {
+  RECORD_FUNCTION("gradres::smap", std::vector<c10::IValue>());
   const Tensor ws = w2.sum(0).contiguous();  // (C, kh, kw)
   const int64_t C = ws.size(0), kh = ws.size(1), kw = ws.size(2);
   Tensor out = at::empty({C, H, W}, w2.options());
@@ -239,6 +243,7 @@ inline Tensor smap_cpu(const Tensor& w2, int64_t H, int64_t W) {
     const auto last = [](int64_t p, int64_t k) { return std::min<int64_t>(k - 1, p + k / 2); };
     at::parallel_for(0, C, 1, [&](int64_t cb, int64_t ce) {
       std::vector<acc_t> rows(static_cast<size_t>(kh * W));  // T[u, j] = Σ_v ws[c, u, v]·Q[v, j]
+      std::vector<acc_t> full(static_cast<size_t>(W));       // Σ_u T[u, j] (rows reached by all u)
       for (int64_t c = cb; c < ce; ++c) {
         for (int64_t u = 0; u < kh; ++u)
           for (int64_t j = 0; j < W; ++j) {
@@ -247,12 +252,20 @@ inline Tensor smap_cpu(const Tensor& w2, int64_t H, int64_t W) {
               t += acc_t(wp[(c * kh + u) * kw + v]);
             rows[u * W + j] = t;
           }
+        std::fill(full.begin(), full.end(), acc_t(0));
+        for (int64_t u = 0; u < kh; ++u)
+          for (int64_t j = 0; j < W; ++j) full[j] += rows[u * W + j];
         for (int64_t i = 0; i < H; ++i) {
           const int64_t u0 = first(i, kh, H), u1 = last(i, kh);
+          scalar_t* out_row = sp + (c * H + i) * W;
+          if (u0 == 0 && u1 == kh - 1) {  // every tap row reaches row i: the precomputed sum
+            for (int64_t j = 0; j < W; ++j) out_row[j] = scalar_t(full[j]);
+            continue;
+          }
           for (int64_t j = 0; j < W; ++j) {
             acc_t t = 0;
             for (int64_t u = u0; u <= u1; ++u) t += rows[u * W + j];
-            sp[(c * H + i) * W + j] = scalar_t(t);
+            out_row[j] = scalar_t(t);
           }
         }
       }
