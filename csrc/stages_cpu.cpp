@@ -1,5 +1,7 @@
-// The fused stages of stages.h on CPU (CpuStages): one at::parallel_for pass each; registered with
-// the dispatcher as the ops' CPU kernels, through the block glue of blocks.h.
+// The fused stages of stages.h on CPU (CpuStages): each fills its parameter struct
+// (stage_params.h) and spreads its row loops (stages_cpu_loops.h; for float32 the widest ISA this
+// CPU runs) over the threads in one at::parallel_for pass; registered with the dispatcher as the
+// ops' CPU kernels, through the block glue of blocks.h.
 // Elementwise math runs in at::opmath_type; every reduction (row norms, dots, ᾱ, column sums over
 // up to N rows) accumulates in double, so float32 results stay within ~1e-7 of a float64 sum.
 #include "stages.h"

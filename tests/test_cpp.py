@@ -175,6 +175,19 @@ def test_saved_norms_stay_float32_for_bfloat16(family, device):
     torch.library.opcheck(fwd, (*inputs, *args), test_utils=("test_schema", "test_faketensor"))
 
 
+def _at_thread_counts(fn, counts=(1, 2, 3)):
+    """fn() run with each intra-op thread count in turn (the setting restored afterwards)."""
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for count in counts:
+            torch.set_num_threads(count)
+            results.append(fn())
+        return results
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("detach", [True, False], ids=["detach", "second_order"])
 def test_reductions_are_bit_identical_for_any_thread_count(detach, dtype):
@@ -189,19 +202,11 @@ def test_reductions_are_bit_identical_for_any_thread_count(detach, dtype):
     args = ("silu", True, 1e-6, detach)
     _, z, a, g_hat, r = ops.mlp_fwd(x, eye, b1, eye, b2, alpha, *args)
     y_bar = torch.randn_like(x)
-    threads = torch.get_num_threads()
-    results = []
-    try:
-        for count in (1, 2, 3):
-            torch.set_num_threads(count)
-            _, _, b1_bar, _, _, alpha_bar = ops.mlp_bwd(y_bar, x, eye, b1, eye, alpha, z, a, g_hat,
-                                                        r, *args)
-            results.append((b1_bar, alpha_bar))
-    finally:
-        torch.set_num_threads(threads)
-    for b1_bar, alpha_bar in results[1:]:
-        assert torch.equal(b1_bar, results[0][0])
-        assert torch.equal(alpha_bar, results[0][1])
+    results = _at_thread_counts(
+        lambda: ops.mlp_bwd(y_bar, x, eye, b1, eye, alpha, z, a, g_hat, r, *args))
+    for res in results[1:]:
+        assert torch.equal(res[2], results[0][2])  # b̄1
+        assert torch.equal(res[5], results[0][5])  # ᾱ
 
 
 def test_conv_column_sums_are_bit_identical_for_any_thread_count():
@@ -215,14 +220,8 @@ def test_conv_column_sums_are_bit_identical_for_any_thread_count():
     alpha = torch.tensor([0.3])
     _, z, a, g_hat, r = ops.conv_fwd(x, eye, torch.randn(8), eye, None, alpha, *args)
     y_bar = torch.randn_like(x)
-    threads = torch.get_num_threads()
-    results = []
-    try:
-        for count in (1, 2, 3):
-            torch.set_num_threads(count)
-            results.append(ops.conv_bwd(y_bar, x, eye, None, eye, alpha, z, a, g_hat, r, *args))
-    finally:
-        torch.set_num_threads(threads)
+    results = _at_thread_counts(
+        lambda: ops.conv_bwd(y_bar, x, eye, None, eye, alpha, z, a, g_hat, r, *args))
     for res in results[1:]:
         assert torch.equal(res[2], results[0][2])  # b̄1
         assert torch.equal(res[5], results[0][5])  # ᾱ
