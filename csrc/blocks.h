@@ -229,12 +229,17 @@ inline Tensor flipped_transpose(const Tensor& w_) {
 // the taps that reach (i, j) — the einsum of Conv::smap without its small ops. (C, H, W).
 inline Tensor smap_cpu(const Tensor& w2, int64_t H, int64_t W) {
   RECORD_FUNCTION("gradres::smap", std::vector<c10::IValue>());
-  const Tensor ws = w2.sum(0).contiguous();  // (C, kh, kw)
-  const int64_t C = ws.size(0), kh = ws.size(1), kw = ws.size(2);
+  const Tensor w = w2.contiguous();
+  const int64_t O = w.size(0), C = w.size(1), kh = w.size(2), kw = w.size(3);
   Tensor out = at::empty({C, H, W}, w2.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w2.scalar_type(), "smap_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* wp = ws.data_ptr<scalar_t>();
+    // ws = W2.sum(0): (C, kh, kw), summed over the output channels in the accumulation type.
+    std::vector<acc_t> ws(static_cast<size_t>(C * kh * kw), acc_t(0));
+    const scalar_t* w2p = w.data_ptr<scalar_t>();
+    for (int64_t o = 0; o < O; ++o)
+      for (size_t i = 0; i < ws.size(); ++i) ws[i] += acc_t(w2p[o * int64_t(ws.size()) + i]);
+    const acc_t* wp = ws.data();
     scalar_t* sp = out.data_ptr<scalar_t>();
     // taps t of a k-wide kernel that reach output position p of n: t ∈ [p + k/2 − n + 1, p + k/2]
     const auto first = [](int64_t p, int64_t k, int64_t n) {
@@ -270,6 +275,24 @@ inline Tensor smap_cpu(const Tensor& w2, int64_t H, int64_t W) {
         }
       }
     });
+  });
+  return out;
+}
+
+// b̄[c] = Σ_{h,w} v[c, h, w] on CPU: v is a per-feature vector (C·H·W, contiguous), summed per
+// channel in double in one loop (at::sum's per-call cost dominates small blocks).
+inline Tensor channel_sums_cpu(const Tensor& v_, int64_t channels) {
+  const Tensor v = v_.contiguous();
+  Tensor out = at::empty({channels}, v.options());
+  const int64_t per = channels == 0 ? 0 : v.numel() / channels;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "channel_sums", [&] {
+    const scalar_t* vp = v.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    for (int64_t c = 0; c < channels; ++c) {
+      double t = 0;
+      for (int64_t i = 0; i < per; ++i) t += double(vp[c * per + i]);
+      op[c] = scalar_t(t);
+    }
   });
   return out;
 }
@@ -334,6 +357,7 @@ struct Conv {
                     .unsqueeze(0));
   }
   static Tensor bias_grad(const Tensor& zbar_colsum, const Tensor& w1) {
+    if (zbar_colsum.is_cpu()) return channel_sums_cpu(zbar_colsum, w1.size(0));
     return zbar_colsum.view({w1.size(0), -1}).sum(1);
   }
 };
