@@ -201,12 +201,11 @@ inline Tensor border(int64_t k, int64_t n, const Tensor& like) {
   return ((o >= 0) & (o < n)).to(like.scalar_type());
 }
 
-// wf[i, o, u, v] = w[o, i, kh−1−u, kw−1−v]: the kernel of the adjoint as a forward convolution.
-// On CPU one loop (transpose + flip + contiguous are three small ops, whose per-call cost a small
-// block cannot amortize).
-inline Tensor flipped_transpose(const Tensor& w_) {
+// wf[i, o, u, v] = w[o, i, kh−1−u, kw−1−v] for a CPU kernel w: the kernel of the adjoint as a
+// forward convolution, in one loop (transpose + flip + contiguous are three small ops, whose
+// per-call cost a small block cannot amortize).
+inline Tensor flipped_transpose_cpu(const Tensor& w_) {
   RECORD_FUNCTION("gradres::flipped_transpose", std::vector<c10::IValue>());
-  if (!w_.is_cpu()) return w_.transpose(0, 1).flip({2, 3}).contiguous();
   const Tensor w = w_.contiguous();
   const int64_t O = w.size(0), I = w.size(1), K = w.size(2) * w.size(3);
   Tensor out = at::empty({I, O, w.size(2), w.size(3)}, w.options());
@@ -316,11 +315,12 @@ struct Conv {
                     at::MemoryFormat fmt) {
     return conv(t, w, b, false, fmt);
   }
-  // The transposed convolution, run as the forward convolution with the kernel transposed in its
-  // channels and flipped in space (equal for stride 1, odd kernels and 'same' padding): oneDNN's
-  // forward kernels are faster on CPU than its transposed ones.
+  // The transposed convolution. On CPU it runs as the forward convolution with the kernel
+  // transposed in its channels and flipped in space (equal for stride 1, odd kernels and 'same'
+  // padding): oneDNN's forward kernels are faster than its transposed ones.
   static Tensor adjoint(const Tensor& t, const Tensor& w, at::MemoryFormat fmt) {
-    return conv(t, flipped_transpose(w), c10::nullopt, false, fmt);
+    if (t.is_cpu()) return conv(t, flipped_transpose_cpu(w), c10::nullopt, false, fmt);
+    return conv(t, w, c10::nullopt, true, fmt);
   }
   // Weight gradients contiguous like the weights (channels_last activations may give them
   // channels_last).

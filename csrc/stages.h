@@ -17,6 +17,9 @@ namespace gradres {
 
 using at::Tensor;
 
+// A tensor's data for a stage's parameter struct (stage_params.h): nullptr when undefined.
+inline void* data_or_null(const Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
+
 // The stage signatures, spelled once for both devices' structs.
 #define GRADRES_STAGE_DECLARATIONS                                                                \
   /* z ← z + bias[p] (when bias is defined), a = φ(z), d = φ'(z)·s[p]                           \

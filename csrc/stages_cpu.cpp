@@ -125,13 +125,10 @@ void run_act_bwd(const ActBwdParams& p, int64_t rb, int64_t re, int64_t cb, int6
     base_loops::act_bwd_tile<scalar_t, A>(p, rb, re, cb, ce, sums);
 }
 
-const void* ptr_or_null(const Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
-void* mut_ptr_or_null(const Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
-
 template <typename scalar_t, Act A>
 void act_fwd_cpu(Tensor& z, const Tensor& bias, const Tensor& s, Tensor& a, Tensor& d) {
   const int64_t rows = z.size(0), P = z.size(1);
-  const ActFwdParams p{z.data_ptr(), ptr_or_null(bias), s.data_ptr(), a.data_ptr(),
+  const ActFwdParams p{z.data_ptr(), data_or_null(bias), s.data_ptr(), a.data_ptr(),
                        d.data_ptr(), rows, P, A};
   at::parallel_for(0, rows, row_grain(P),
                    [&](int64_t b, int64_t e) { run_act_fwd<scalar_t, A>(p, b, e); });
@@ -141,7 +138,7 @@ template <typename scalar_t>
 void mix_fwd_cpu(Tensor& f, const Tensor& bias, Tensor& g, const Tensor& x, const Tensor& alpha,
                  bool normalize, double eps, Tensor& r) {
   const int64_t rows = f.size(0), Q = f.size(1);
-  const MixFwdParams p{f.data_ptr(), ptr_or_null(bias), g.data_ptr(), x.data_ptr(),
+  const MixFwdParams p{f.data_ptr(), data_or_null(bias), g.data_ptr(), x.data_ptr(),
                        alpha.data_ptr(), normalize ? r.data_ptr() : nullptr, rows, Q, eps,
                        normalize};
   at::parallel_for(0, rows, row_grain(Q),
@@ -156,7 +153,7 @@ void mix_bwd_cpu(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x, cons
   const MixBwdParams p{y_bar.data_ptr(), g_hat.data_ptr(), x.data_ptr(),
                        (normalize && !detach) ? r.data_ptr() : nullptr, alpha.data_ptr(),
                        detach ? nullptr : g_bar.data_ptr(), alpha_bar.data_ptr(),
-                       mut_ptr_or_null(x_bar), rows, Q, normalize, detach};
+                       data_or_null(x_bar), rows, Q, normalize, detach};
   const double m = cpu::mix_weight<scalar_t>(p.alpha);
   const RowChunks chunks(rows, Q, 1);
   std::vector<double> chunk_sum(static_cast<size_t>(chunks.count), 0.0);  // Σ ȳ(ĝ − x) per chunk

@@ -111,12 +111,6 @@ double mix_bwd_rows(const MixBwdParams& p, int64_t begin, int64_t end) {
         dot_d += g * y;
         xb[o + q] = scalar_t(acc_t(xb[o + q]) + k * acc_t(yb[o + q]));
       }
-    } else if (p.detach) {
-#pragma omp simd reduction(+ : row)
-      for (int64_t q = 0; q < Q; ++q) {
-        const double y = yb[o + q];
-        row += y * (double(gh[o + q]) - double(xp[o + q]));
-      }
     } else {
 #pragma omp simd reduction(+ : row, dot_d)
       for (int64_t q = 0; q < Q; ++q) {

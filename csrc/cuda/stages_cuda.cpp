@@ -22,9 +22,6 @@ template <typename S> struct CudaType { using type = S; };
 template <> struct CudaType<at::Half> { using type = __half; };
 template <> struct CudaType<at::BFloat16> { using type = __nv_bfloat16; };
 
-const void* cptr(const Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
-void* mptr(const Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
-
 // The dtype of cuda::Red<T>, for the reductions' scratch: float64 for float32 and float64 inputs.
 at::ScalarType red_type(const Tensor& t) {
   return t.scalar_type() == at::kDouble || t.scalar_type() == at::kFloat ? at::kDouble : at::kFloat;
@@ -73,7 +70,7 @@ void CudaStages::mix_bwd(const Tensor& y_bar, const Tensor& g_hat, const Tensor&
                              y_bar.options().dtype(red_type(y_bar)));
   const MixBwdParams p{y_bar.data_ptr(), g_hat.data_ptr(), x.data_ptr(),
                        (normalize && !detach) ? r.data_ptr() : nullptr, alpha.data_ptr(),
-                       detach ? nullptr : g_bar.data_ptr(), alpha_bar.data_ptr(), mptr(x_bar),
+                       detach ? nullptr : g_bar.data_ptr(), alpha_bar.data_ptr(), data_or_null(x_bar),
                        y_bar.size(0), y_bar.size(1), normalize, detach};
   GRADRES_CUDA_FLOATS(y_bar, "gradres mix_bwd_cuda", [&] {
     cuda::mix_bwd<typename CudaType<scalar_t>::type>(p, scratch.data_ptr(),
@@ -89,9 +86,9 @@ void CudaStages::act_bwd(const Tensor& z, const Tensor& a_bar, const Tensor& d_b
   c10::cuda::CUDAGuard device_guard(z.device());
   Tensor scratch = at::empty({cuda::act_bwd_scratch_elems(z.size(0), z.size(1), detach)},
                              z.options().dtype(red_type(z)));
-  const ActBwdParams p{z.data_ptr(), a_bar.data_ptr(), detach ? nullptr : cptr(d_bar),
-                       s.data_ptr(), z_bar.data_ptr(), detach ? nullptr : mptr(d),
-                       zbar_colsum.data_ptr(), detach ? nullptr : mptr(s_bar), z.size(0),
+  const ActBwdParams p{z.data_ptr(), a_bar.data_ptr(), detach ? nullptr : data_or_null(d_bar),
+                       s.data_ptr(), z_bar.data_ptr(), detach ? nullptr : data_or_null(d),
+                       zbar_colsum.data_ptr(), detach ? nullptr : data_or_null(s_bar), z.size(0),
                        z.size(1), act, detach};
   GRADRES_CUDA_FLOATS(z, "gradres act_bwd_cuda", [&] {
     cuda::act_bwd<typename CudaType<scalar_t>::type>(p, scratch.data_ptr(),
