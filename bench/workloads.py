@@ -7,6 +7,7 @@ scaled so a full run takes minutes on 2 cores; the scaling is written into every
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -112,10 +113,13 @@ class EDSR(nn.Module):
         return self.tail(self.shuffle(self.up(h)))
 
 
-def _edsr_case(shape, dtype, device, activation, detach) -> Case:
+def _edsr_case(shape, dtype, device, activation, detach, channels_last=False) -> Case:
     n, blocks, ch, hh, ww = shape
     model = EDSR(blocks, ch, 2, activation, detach, device=device, dtype=dtype)
     lr = torch.randn(n, 3, hh, ww, dtype=dtype, device=device)
+    if channels_last:  # weights and input: every peer, plain included, runs channels_last
+        model = model.to(memory_format=torch.channels_last)
+        lr = lr.contiguous(memory_format=torch.channels_last)
     params = list(model.parameters())
 
     def forward(peer: str):
@@ -152,6 +156,11 @@ WORKLOADS: Dict[str, Workload] = {w.name: w for w in (
              {"gpu": (16, 64, 64, 48, 48, 3), "cpu": (4, 64, 64, 48, 48, 3),
               "quick": (2, 16, 16, 24, 24, 3)}, "NxCxCmxHxWxk"),
     Workload("edsr_model", _edsr_case,
+             {"gpu": (16, 16, 64, 48, 48), "cpu": (2, 16, 64, 32, 32),
+              "quick": (1, 2, 16, 16, 16)}, "NxBlocksxCxHxW"),
+    # The same model in the layout oneDNN's CPU convolutions are fastest in (the cpp backend
+    # computes its CPU conv blocks in it whatever the input's layout).
+    Workload("edsr_model_cl", functools.partial(_edsr_case, channels_last=True),
              {"gpu": (16, 16, 64, 48, 48), "cpu": (2, 16, 64, 32, 32),
               "quick": (1, 2, 16, 16, 16)}, "NxBlocksxCxHxW"),
 )}

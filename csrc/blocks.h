@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -58,9 +59,10 @@ inline void check_inputs(const Tensor& x, const Tensor& w1, const c10::optional<
 // bfloat16). gradres_fused/cpp.py's fake kernel says the same.
 inline at::ScalarType norm_dtype(const Tensor& x) { return at::toOpMathType(x.scalar_type()); }
 
-// The memory format the block keeps for every per-sample tensor (x, y, z, ĝ, x̄, …): channels_last
-// when x is (and is not also contiguous), so a channels_last network stays channels_last without
-// copies; contiguous otherwise. gradres_fused/cpp.py's fake kernels follow the same rule.
+// The memory format of the ops' per-sample outputs y and x̄ (and of a weight's gradient, applied
+// to the weight): channels_last when x is (and is not also contiguous), so a channels_last
+// network stays channels_last without copies; contiguous otherwise. The block may compute in another format (Fam::work_format; z, a, ĝ are kept in that
+// one). gradres_fused/cpp.py's fake kernels follow the same rules.
 inline at::MemoryFormat sample_format(const Tensor& x) {
   return x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)
              ? at::MemoryFormat::ChannelsLast
@@ -126,9 +128,9 @@ inline void check_mlp_shapes(const Tensor& x, const Tensor& w1, const Tensor& w2
                     w1.sizes(), ", ", w2.sizes());
 }
 
-// The backward's tensor arguments, checked; per-sample ones dense in `fmt`, the rest contiguous.
+// The backward's per-sample tensor arguments, checked and dense in `fmt`; r contiguous.
 struct BwdInputs {
-  Tensor y_bar, x, w1, w2, z, a, g_hat, r;
+  Tensor y_bar, x, z, a, g_hat, r;
 };
 
 inline BwdInputs prepare_bwd(const Tensor& y_bar, const Tensor& x, const Tensor& w1,
@@ -136,8 +138,8 @@ inline BwdInputs prepare_bwd(const Tensor& y_bar, const Tensor& x, const Tensor&
                              const Tensor& a, const Tensor& g_hat, const Tensor& r,
                              bool normalize, at::MemoryFormat fmt) {
   check_bwd_inputs(y_bar, x, w1, w2, alpha, z, a, g_hat, r, normalize);
-  return {y_bar.contiguous(fmt), x.contiguous(fmt), w1.contiguous(), w2.contiguous(),
-          z.contiguous(fmt),     a.contiguous(fmt), g_hat.contiguous(fmt), r.contiguous()};
+  return {y_bar.contiguous(fmt), x.contiguous(fmt), z.contiguous(fmt),
+          a.contiguous(fmt),     g_hat.contiguous(fmt), r.contiguous()};
 }
 
 inline Tensor empty_r(const Tensor& x, bool normalize) {
@@ -157,6 +159,8 @@ struct MLP {
   static void check(const Tensor& x, const Tensor& w1, const Tensor& w2) {
     check_mlp_shapes(x, w1, w2);
   }
+  static at::MemoryFormat work_format(const Tensor& /*x*/) { return at::MemoryFormat::Contiguous; }
+  static Tensor weight(const Tensor& w, at::MemoryFormat /*fmt*/) { return w.contiguous(); }
   static Tensor lin(const Tensor& t, const Tensor& w, const c10::optional<Tensor>& b,
                     at::MemoryFormat /*fmt: always contiguous*/) {
     return b ? at::addmm(*b, t, w.t()) : at::mm(t, w.t());
@@ -164,23 +168,32 @@ struct MLP {
   static Tensor adjoint(const Tensor& t, const Tensor& w, at::MemoryFormat /*fmt*/) {
     return at::mm(t, w);
   }
-  static Tensor weight_grad(const Tensor& inp, const Tensor& grad_out, const Tensor& /*w*/) {
-    return at::mm(grad_out.t(), inp);
-  }
   static void add_weight_grad(Tensor& acc, const Tensor& inp, const Tensor& grad_out,
                               const Tensor& /*w*/) {
     acc.addmm_(grad_out.t(), inp);
   }
-  // (W̄2, b̄2) of F = a W2ᵀ + b2
-  static std::tuple<Tensor, Tensor> lin2_grads(const Tensor& y_bar, const Tensor& a,
-                                               const Tensor& w2) {
-    return {at::mm(y_bar.t(), a), y_bar.sum(0)};
+  // (t̄, W̄) of u = t Wᵀ given ū: the input's and the weight's gradients.
+  static std::tuple<Tensor, Tensor> lin_grads(const Tensor& u_bar, const Tensor& t,
+                                              const Tensor& w, at::MemoryFormat /*fmt*/) {
+    return {at::mm(u_bar, w), at::mm(u_bar.t(), t)};
   }
-  static Tensor smap(const Tensor& w2, const Tensor& /*x*/) { return w2.sum(0); }
-  static void add_smap_adjoint(Tensor& w2_bar, const Tensor& s_bar, const Tensor& /*x*/) {
+  // (ā, W̄2, b̄2) of F = a W2ᵀ + b2 given ȳ
+  static std::tuple<Tensor, Tensor, Tensor> lin2_grads(const Tensor& y_bar, const Tensor& a,
+                                                       const Tensor& w2, at::MemoryFormat fmt) {
+    auto [a_bar, w2_bar] = lin_grads(y_bar, a, w2, fmt);
+    return {a_bar, w2_bar, y_bar.sum(0)};
+  }
+  static Tensor smap(const Tensor& w2, const Tensor& /*z*/, at::MemoryFormat /*fmt*/) {
+    return w2.sum(0);
+  }
+  static void add_smap_adjoint(Tensor& w2_bar, const Tensor& s_bar, const Tensor& /*z*/,
+                               at::MemoryFormat /*fmt*/) {
     w2_bar.add_(s_bar.unsqueeze(0));  // every row of W2 gets s̄
   }
-  static Tensor bias_grad(const Tensor& zbar_colsum, const Tensor& /*w1*/) { return zbar_colsum; }
+  static Tensor bias_grad(const Tensor& zbar_colsum, const Tensor& /*z*/,
+                          at::MemoryFormat /*fmt*/) {
+    return zbar_colsum;
+  }
 };
 
 // Conv: x (N, C, H, W), w1 (Cm, C, k1h, k1w), w2 (C, Cm, k2h, k2w), odd kernels, 'same' padding.
@@ -193,6 +206,15 @@ inline Tensor conv(const Tensor& t, const Tensor& w, const c10::optional<Tensor>
       .contiguous(fmt);
 }
 
+// convolution_backward of conv(t, w) ('same' padding, stride 1) for the outputs in `mask`:
+// (t̄, W̄, b̄).
+inline std::tuple<Tensor, Tensor, Tensor> conv_grads(const Tensor& u_bar, const Tensor& t,
+                                                     const Tensor& w, std::array<bool, 3> mask) {
+  const std::vector<int64_t> bias_sizes = {w.size(0)};
+  return at::convolution_backward(u_bar, t, w, bias_sizes, {1, 1}, same_pad(w), {1, 1}, false,
+                                  {0, 0}, 1, mask);
+}
+
 // R[u, i] = 1 where kernel tap u reaches output row i: 0 ≤ i − u + k/2 < n.
 inline Tensor border(int64_t k, int64_t n, const Tensor& like) {
   auto u = at::arange(k, like.options().dtype(at::kLong)).unsqueeze(1);
@@ -201,76 +223,81 @@ inline Tensor border(int64_t k, int64_t n, const Tensor& like) {
   return ((o >= 0) & (o < n)).to(like.scalar_type());
 }
 
-// wf[i, o, u, v] = w[o, i, kh−1−u, kw−1−v] for a CPU kernel w: the kernel of the adjoint as a
-// forward convolution, in one loop (transpose + flip + contiguous are three small ops, whose
-// per-call cost a small block cannot amortize).
-inline Tensor flipped_transpose_cpu(const Tensor& w_) {
-  RECORD_FUNCTION("gradres::flipped_transpose", std::vector<c10::IValue>());
-  const Tensor w = w_.contiguous();
-  const int64_t O = w.size(0), I = w.size(1), K = w.size(2) * w.size(3);
-  Tensor out = at::empty({I, O, w.size(2), w.size(3)}, w.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "flipped_transpose",
-                                  [&] {
-    // Flipping both spatial axes of a kh×kw kernel reverses its K = kh·kw contiguous values.
-    const scalar_t* src = w.data_ptr<scalar_t>();
-    scalar_t* dst = out.data_ptr<scalar_t>();
-    for (int64_t i = 0; i < I; ++i)  // writes in order; reads stride I·K
-      for (int64_t o = 0; o < O; ++o) {
-        const scalar_t* from = src + (o * I + i) * K;
-        scalar_t* to = dst + (i * O + o) * K + (K - 1);
-        for (int64_t t = 0; t < K; ++t) to[-t] = from[t];
-      }
-  });
-  return out;
+// Offsets of a per-feature (C, H, W) vector in the row order of `fmt` (rows_view's columns):
+// (C, H, W) contiguous, (H, W, C) channels_last.
+struct FeatureIndex {
+  int64_t C, H, W;
+  bool channels_last;
+  int64_t operator()(int64_t c, int64_t i, int64_t j) const {
+    return channels_last ? (i * W + j) * C + c : (c * H + i) * W + j;
+  }
+};
+
+// taps t of a k-wide 'same' kernel that reach output position p of n: t ∈ [p + k/2 − n + 1,
+// p + k/2] ∩ [0, k); positions p a tap t reaches: p ∈ [t − k/2, t − k/2 + n − 1] ∩ [0, n).
+inline int64_t first_tap(int64_t p, int64_t k, int64_t n) {
+  return std::max<int64_t>(0, p + k / 2 - n + 1);
 }
+inline int64_t last_tap(int64_t p, int64_t k) { return std::min<int64_t>(k - 1, p + k / 2); }
 
 // S[c, i, j] = Σ_{u,v} W2.sum(0)[c, u, v]·R[u, i]·Q[v, j] on CPU by its two separable sums over
-// the taps that reach (i, j) — the einsum of Conv::smap without its small ops. (C, H, W).
-inline Tensor smap_cpu(const Tensor& w2, int64_t H, int64_t W) {
+// the taps that reach (i, j) — the einsum of Conv::smap without its small ops — written straight
+// in the row order of `fmt` (no permuted copy of a channels_last block's map).
+inline Tensor smap_cpu(const Tensor& w2, int64_t H, int64_t W, at::MemoryFormat fmt) {
   RECORD_FUNCTION("gradres::smap", std::vector<c10::IValue>());
-  const Tensor w = w2.contiguous();
-  const int64_t O = w.size(0), C = w.size(1), kh = w.size(2), kw = w.size(3);
-  Tensor out = at::empty({C, H, W}, w2.options());
+  const int64_t O = w2.size(0), C = w2.size(1), kh = w2.size(2), kw = w2.size(3);
+  const FeatureIndex at_{C, H, W, fmt == at::MemoryFormat::ChannelsLast};
+  Tensor out = at::empty({C * H * W}, w2.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w2.scalar_type(), "smap_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    // ws = W2.sum(0): (C, kh, kw), summed over the output channels in the accumulation type.
+    // ws = W2.sum(0): (C, kh, kw), summed over the output channels in the accumulation type,
+    // read through w2's strides (a channels_last kernel needs no copy).
     std::vector<acc_t> ws(static_cast<size_t>(C * kh * kw), acc_t(0));
-    const scalar_t* w2p = w.data_ptr<scalar_t>();
+    const scalar_t* w2p = w2.data_ptr<scalar_t>();
+    const auto st = w2.strides();
     for (int64_t o = 0; o < O; ++o)
-      for (size_t i = 0; i < ws.size(); ++i) ws[i] += acc_t(w2p[o * int64_t(ws.size()) + i]);
-    const acc_t* wp = ws.data();
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t u = 0; u < kh; ++u)
+          for (int64_t v = 0; v < kw; ++v)
+            ws[(c * kh + u) * kw + v] += acc_t(w2p[o * st[0] + c * st[1] + u * st[2] + v * st[3]]);
+    // rows[u, j, c] = Σ_v ws[c, u, v]·Q[v, j]; full[j, c] = Σ_u rows[u, j, c] (the value of every
+    // row i that all kh taps reach). Channel-minor, so that the channels_last map is written
+    // in order.
+    std::vector<acc_t> rows(static_cast<size_t>(kh * W * C)), full(static_cast<size_t>(W * C));
+    for (int64_t u = 0; u < kh; ++u)
+      for (int64_t j = 0; j < W; ++j)
+        for (int64_t c = 0; c < C; ++c) {
+          acc_t t = 0;
+          for (int64_t v = first_tap(j, kw, W); v <= last_tap(j, kw); ++v)
+            t += ws[(c * kh + u) * kw + v];
+          rows[(u * W + j) * C + c] = t;
+        }
+    for (int64_t j = 0; j < W; ++j)
+      for (int64_t c = 0; c < C; ++c) {
+        acc_t t = 0;
+        for (int64_t u = 0; u < kh; ++u) t += rows[(u * W + j) * C + c];
+        full[j * C + c] = t;
+      }
     scalar_t* sp = out.data_ptr<scalar_t>();
-    // taps t of a k-wide kernel that reach output position p of n: t ∈ [p + k/2 − n + 1, p + k/2]
-    const auto first = [](int64_t p, int64_t k, int64_t n) {
-      return std::max<int64_t>(0, p + k / 2 - n + 1);
-    };
-    const auto last = [](int64_t p, int64_t k) { return std::min<int64_t>(k - 1, p + k / 2); };
-    at::parallel_for(0, C, 1, [&](int64_t cb, int64_t ce) {
-      std::vector<acc_t> rows(static_cast<size_t>(kh * W));  // T[u, j] = Σ_v ws[c, u, v]·Q[v, j]
-      std::vector<acc_t> full(static_cast<size_t>(W));       // Σ_u T[u, j] (rows reached by all u)
-      for (int64_t c = cb; c < ce; ++c) {
-        for (int64_t u = 0; u < kh; ++u)
-          for (int64_t j = 0; j < W; ++j) {
-            acc_t t = 0;
-            for (int64_t v = first(j, kw, W); v <= last(j, kw); ++v)
-              t += acc_t(wp[(c * kh + u) * kw + v]);
-            rows[u * W + j] = t;
+    at::parallel_for(0, H, 1, [&](int64_t ib, int64_t ie) {
+      std::vector<acc_t> row(static_cast<size_t>(W * C));  // S[:, i, :] as (j, c)
+      for (int64_t i = ib; i < ie; ++i) {
+        const int64_t u0 = first_tap(i, kh, H), u1 = last_tap(i, kh);
+        const acc_t* src = full.data();
+        if (u0 != 0 || u1 != kh - 1) {  // not every tap row reaches row i
+          std::fill(row.begin(), row.end(), acc_t(0));
+          for (int64_t u = u0; u <= u1; ++u) {
+            const acc_t* r = rows.data() + u * W * C;
+            for (int64_t q = 0; q < W * C; ++q) row[q] += r[q];
           }
-        std::fill(full.begin(), full.end(), acc_t(0));
-        for (int64_t u = 0; u < kh; ++u)
-          for (int64_t j = 0; j < W; ++j) full[j] += rows[u * W + j];
-        for (int64_t i = 0; i < H; ++i) {
-          const int64_t u0 = first(i, kh, H), u1 = last(i, kh);
-          scalar_t* out_row = sp + (c * H + i) * W;
-          if (u0 == 0 && u1 == kh - 1) {  // every tap row reaches row i: the precomputed sum
-            for (int64_t j = 0; j < W; ++j) out_row[j] = scalar_t(full[j]);
-            continue;
-          }
-          for (int64_t j = 0; j < W; ++j) {
-            acc_t t = 0;
-            for (int64_t u = u0; u <= u1; ++u) t += rows[u * W + j];
-            out_row[j] = scalar_t(t);
-          }
+          src = row.data();
+        }
+        if (at_.channels_last) {  // (j, c) is the map's own order
+          scalar_t* dst = sp + i * W * C;
+          for (int64_t q = 0; q < W * C; ++q) dst[q] = scalar_t(src[q]);
+        } else {
+          for (int64_t j = 0; j < W; ++j)
+            for (int64_t c = 0; c < C; ++c) sp[at_(c, i, j)] = scalar_t(src[j * C + c]);
         }
       }
     });
@@ -278,20 +305,57 @@ inline Tensor smap_cpu(const Tensor& w2, int64_t H, int64_t W) {
   return out;
 }
 
-// b̄[c] = Σ_{h,w} v[c, h, w] on CPU: v is a per-feature vector (C·H·W, contiguous), summed per
-// channel in double in one loop (at::sum's per-call cost dominates small blocks).
-inline Tensor channel_sums_cpu(const Tensor& v_, int64_t channels) {
+// T[c, u, v] = Σ_{i,j} S̄[c, i, j]·R[u, i]·Q[v, j] on CPU, the adjoint of smap_cpu: per tap (u, v)
+// the sum of S̄[c] over the positions the tap reaches — the row sums of the rows it reaches less
+// the few columns it does not. s_bar in the row order of `fmt`; sums in double, in one thread (a
+// fixed order: the same bits at every thread count). (C, kh, kw).
+inline Tensor smap_adjoint_cpu(const Tensor& s_bar_, int64_t C, int64_t H, int64_t W, int64_t kh,
+                               int64_t kw, at::MemoryFormat fmt) {
+  RECORD_FUNCTION("gradres::smap_adjoint", std::vector<c10::IValue>());
+  const Tensor s_bar = s_bar_.contiguous();
+  const FeatureIndex at_{C, H, W, fmt == at::MemoryFormat::ChannelsLast};
+  Tensor out = at::empty({C, kh, kw}, s_bar.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s_bar.scalar_type(), "smap_adjoint",
+                                  [&] {
+    const scalar_t* sp = s_bar.data_ptr<scalar_t>();
+    std::vector<double> row_sums(static_cast<size_t>(H * C), 0.0);  // [i][c] = Σ_j S̄[c, i, j]
+    for (int64_t i = 0; i < H; ++i)
+      for (int64_t j = 0; j < W; ++j)
+        for (int64_t c = 0; c < C; ++c) row_sums[i * C + c] += double(sp[at_(c, i, j)]);
+    std::vector<double> t(static_cast<size_t>(C));
+    scalar_t* op = out.data_ptr<scalar_t>();
+    for (int64_t u = 0; u < kh; ++u)
+      for (int64_t v = 0; v < kw; ++v) {
+        std::fill(t.begin(), t.end(), 0.0);
+        const int64_t j0 = std::max<int64_t>(0, v - kw / 2), j1 = std::min(W, v - kw / 2 + W);
+        for (int64_t i = std::max<int64_t>(0, u - kh / 2); i < std::min(H, u - kh / 2 + H); ++i) {
+          for (int64_t c = 0; c < C; ++c) t[c] += row_sums[i * C + c];
+          for (int64_t j = 0; j < W; ++j) {
+            if (j >= j0 && j < j1) continue;  // reached: in the row sum already
+            for (int64_t c = 0; c < C; ++c) t[c] -= double(sp[at_(c, i, j)]);
+          }
+        }
+        for (int64_t c = 0; c < C; ++c) op[(c * kh + u) * kw + v] = scalar_t(t[c]);
+      }
+  });
+  return out;
+}
+
+// b̄[c] = Σ_{h,w} v[c, h, w] on CPU: v is a per-feature vector in the row order of `fmt`, summed
+// per channel in double in one loop (at::sum's per-call cost dominates small blocks).
+inline Tensor channel_sums_cpu(const Tensor& v_, int64_t C, int64_t H, int64_t W,
+                               at::MemoryFormat fmt) {
   const Tensor v = v_.contiguous();
-  Tensor out = at::empty({channels}, v.options());
-  const int64_t per = channels == 0 ? 0 : v.numel() / channels;
+  Tensor out = at::empty({C}, v.options());
+  const FeatureIndex at_{C, H, W, fmt == at::MemoryFormat::ChannelsLast};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "channel_sums", [&] {
     const scalar_t* vp = v.data_ptr<scalar_t>();
+    std::vector<double> t(static_cast<size_t>(C), 0.0);
+    for (int64_t i = 0; i < H; ++i)
+      for (int64_t j = 0; j < W; ++j)
+        for (int64_t c = 0; c < C; ++c) t[c] += double(vp[at_(c, i, j)]);
     scalar_t* op = out.data_ptr<scalar_t>();
-    for (int64_t c = 0; c < channels; ++c) {
-      double t = 0;
-      for (int64_t i = 0; i < per; ++i) t += double(vp[c * per + i]);
-      op[c] = scalar_t(t);
-    }
+    for (int64_t c = 0; c < C; ++c) op[c] = scalar_t(t[c]);
   });
   return out;
 }
@@ -311,54 +375,68 @@ struct Conv {
   static void check(const Tensor& x, const Tensor& w1, const Tensor& w2) {
     check_conv_shapes(x, w1, w2);
   }
+  // On CPU the block computes in channels_last whatever x's format: oneDNN's channels_last
+  // convolutions (activations and kernels) are 1.1–2.5× faster than its NCHW ones on every conv
+  // of the block, more than the layout copies of a contiguous x, y, ȳ and x̄ cost. On CUDA it
+  // keeps x's format.
+  static at::MemoryFormat work_format(const Tensor& x) {
+    return x.is_cpu() ? at::MemoryFormat::ChannelsLast : sample_format(x);
+  }
+  static Tensor weight(const Tensor& w, at::MemoryFormat fmt) {
+    return w.is_cpu() ? w.contiguous(fmt) : w.contiguous();
+  }
   static Tensor lin(const Tensor& t, const Tensor& w, const c10::optional<Tensor>& b,
                     at::MemoryFormat fmt) {
     return conv(t, w, b, false, fmt);
   }
-  // The transposed convolution. On CPU it runs as the forward convolution with the kernel
-  // transposed in its channels and flipped in space (equal for stride 1, odd kernels and 'same'
-  // padding): oneDNN's forward kernels are faster than its transposed ones.
   static Tensor adjoint(const Tensor& t, const Tensor& w, at::MemoryFormat fmt) {
-    if (t.is_cpu()) return conv(t, flipped_transpose_cpu(w), c10::nullopt, false, fmt);
     return conv(t, w, c10::nullopt, true, fmt);
-  }
-  // Weight gradients contiguous like the weights (channels_last activations may give them
-  // channels_last).
-  static Tensor weight_grad(const Tensor& inp, const Tensor& grad_out, const Tensor& w) {
-    return std::get<1>(at::convolution_backward(grad_out, inp, w, c10::nullopt, {1, 1},
-                                                same_pad(w), {1, 1}, false, {0, 0}, 1,
-                                                {false, true, false}))
-        .contiguous();
   }
   static void add_weight_grad(Tensor& acc, const Tensor& inp, const Tensor& grad_out,
                               const Tensor& w) {
-    acc.add_(weight_grad(inp, grad_out, w));
+    acc.add_(std::get<1>(conv_grads(grad_out, inp, w, {false, true, false})));
   }
-  static std::tuple<Tensor, Tensor> lin2_grads(const Tensor& y_bar, const Tensor& a,
-                                               const Tensor& w2) {
-    const std::vector<int64_t> b2_sizes = {w2.size(0)};
-    auto g = at::convolution_backward(y_bar, a, w2, b2_sizes, {1, 1}, same_pad(w2), {1, 1},
-                                      false, {0, 0}, 1, {false, true, true});
-    return {std::get<1>(g).contiguous(), std::get<2>(g)};
+  // (t̄, W̄) of u = conv(t, W) given ū, in one convolution_backward (on CPU cheaper than the two
+  // convolutions apart); W̄ in the layout ATen gives it (block_bwd lays it out like the weight).
+  static std::tuple<Tensor, Tensor> lin_grads(const Tensor& u_bar, const Tensor& t,
+                                              const Tensor& w, at::MemoryFormat fmt) {
+    auto g = conv_grads(u_bar, t, w, {true, true, false});
+    return {std::get<0>(g).contiguous(fmt), std::get<1>(g)};
   }
-  // S[c,i,j] = Σ_{u,v} W2.sum(0)[c,u,v] R[u,i] Q[v,j]: ∂ΣF/∂a, independent of x; flattened.
-  static Tensor smap(const Tensor& w2, const Tensor& x) {
-    if (w2.is_cpu()) return smap_cpu(w2, x.size(2), x.size(3)).view({-1});
-    return at::einsum("cuv,ui,vj->cij", {w2.sum(0), border(w2.size(2), x.size(2), w2),
-                                         border(w2.size(3), x.size(3), w2)})
-        .contiguous()
-        .view({-1});
+  static std::tuple<Tensor, Tensor, Tensor> lin2_grads(const Tensor& y_bar, const Tensor& a,
+                                                       const Tensor& w2, at::MemoryFormat fmt) {
+    auto g = conv_grads(y_bar, a, w2, {true, true, true});
+    return {std::get<0>(g).contiguous(fmt), std::get<1>(g), std::get<2>(g)};
   }
-  // W̄2[o,c,u,v] += Σ_{i,j} S̄[c,i,j] R[u,i] Q[v,j] for every o.
-  static void add_smap_adjoint(Tensor& w2_bar, const Tensor& s_bar, const Tensor& x) {
-    const Tensor sb = s_bar.view({w2_bar.size(1), x.size(2), x.size(3)});
-    w2_bar.add_(at::einsum("cij,ui,vj->cuv", {sb, border(w2_bar.size(2), x.size(2), w2_bar),
-                                              border(w2_bar.size(3), x.size(3), w2_bar)})
+  // S[c,i,j] = Σ_{u,v} W2.sum(0)[c,u,v] R[u,i] Q[v,j]: ∂ΣF/∂a, independent of x; flattened in
+  // the row order of fmt.
+  static Tensor smap(const Tensor& w2, const Tensor& z, at::MemoryFormat fmt) {
+    if (w2.is_cpu()) return smap_cpu(w2, z.size(2), z.size(3), fmt);
+    const Tensor s = at::einsum("cuv,ui,vj->cij", {w2.sum(0), border(w2.size(2), z.size(2), w2),
+                                                   border(w2.size(3), z.size(3), w2)})
+                         .contiguous()
+                         .view({-1});
+    return to_row_order(s, z, fmt);
+  }
+  // W̄2[o,c,u,v] += Σ_{i,j} S̄[c,i,j] R[u,i] Q[v,j] for every o; s_bar in the row order of fmt.
+  static void add_smap_adjoint(Tensor& w2_bar, const Tensor& s_bar, const Tensor& z,
+                               at::MemoryFormat fmt) {
+    const int64_t C = w2_bar.size(1), H = z.size(2), W = z.size(3);
+    if (w2_bar.is_cpu()) {
+      w2_bar.add_(smap_adjoint_cpu(s_bar, C, H, W, w2_bar.size(2), w2_bar.size(3), fmt)
+                      .unsqueeze(0));
+      return;
+    }
+    const Tensor sb = from_row_order(s_bar, z, fmt).view({C, H, W});
+    w2_bar.add_(at::einsum("cij,ui,vj->cuv", {sb, border(w2_bar.size(2), H, w2_bar),
+                                              border(w2_bar.size(3), W, w2_bar)})
                     .unsqueeze(0));
   }
-  static Tensor bias_grad(const Tensor& zbar_colsum, const Tensor& w1) {
-    if (zbar_colsum.is_cpu()) return channel_sums_cpu(zbar_colsum, w1.size(0));
-    return zbar_colsum.view({w1.size(0), -1}).sum(1);
+  // b̄1 from the column sums of z̄ (row order of fmt).
+  static Tensor bias_grad(const Tensor& zbar_colsum, const Tensor& z, at::MemoryFormat fmt) {
+    const int64_t C = z.size(1), H = z.size(2), W = z.size(3);
+    if (zbar_colsum.is_cpu()) return channel_sums_cpu(zbar_colsum, C, H, W, fmt);
+    return from_row_order(zbar_colsum, z, fmt).view({C, -1}).sum(1);
   }
 };
 
@@ -371,8 +449,8 @@ Tensor5 block_fwd(const Tensor& x_, const Tensor& w1_, const c10::optional<Tenso
   check_inputs(x_, w1_, b1, w2_, b2, alpha);
   Fam::check(x_, w1_, w2_);
   const Act act = parse_act(activation);
-  const at::MemoryFormat fmt = sample_format(x_);
-  const Tensor x = x_.contiguous(fmt), w1 = w1_.contiguous(), w2 = w2_.contiguous();
+  const at::MemoryFormat fmt = Fam::work_format(x_);
+  const Tensor x = x_.contiguous(fmt), w1 = Fam::weight(w1_, fmt), w2 = Fam::weight(w2_, fmt);
   // Where the device's stages add the GEMMs' biases (Stages::kAddsLinearBias), the GEMMs run
   // without them and act_fwd / mix_fwd add them in the passes they make anyway.
   constexpr bool stage_bias = Stages::kAddsLinearBias && Fam::kBiasPerColumn;
@@ -383,7 +461,7 @@ Tensor5 block_fwd(const Tensor& x_, const Tensor& w1_, const c10::optional<Tenso
     return stage_bias && b ? b->contiguous() : Tensor();
   };
   Tensor z = Fam::lin(x, w1, gemm_bias(b1), fmt);
-  const Tensor s = to_row_order(Fam::smap(w2, x), z, fmt);
+  const Tensor s = Fam::smap(w2_, z, fmt);
   Tensor a = at::empty_like(z, z.options(), fmt), d = at::empty_like(z, z.options(), fmt);
   Tensor zv = rows_view(z, fmt), av = rows_view(a, fmt), dv = rows_view(d, fmt);
   Stages::act_fwd(zv, pass_bias(b1), s, act, av, dv);
@@ -392,7 +470,7 @@ Tensor5 block_fwd(const Tensor& x_, const Tensor& w1_, const c10::optional<Tenso
   Tensor r = empty_r(x, normalize);
   Tensor yv = rows_view(y, fmt), gv = rows_view(g, fmt);
   Stages::mix_fwd(yv, pass_bias(b2), gv, rows_view(x, fmt), alpha, normalize, eps, r);
-  return {y, z, a, g, r};
+  return {y.contiguous(sample_format(x_)), z, a, g, r};
 }
 
 // Backward of docs/DESIGN.md §2. Returns (x̄, W̄1, b̄1, W̄2, b̄2, ᾱ); b̄1, b̄2 always computed.
@@ -404,9 +482,10 @@ Tensor6 block_bwd(const Tensor& y_bar_, const Tensor& x_, const Tensor& w1_,
                   double /*eps: for autograd only*/, bool detach) {
   const Act act = parse_act(activation);
   Fam::check(x_, w1_, w2_);
-  const at::MemoryFormat fmt = sample_format(x_);
-  const auto [y_bar, x, w1, w2, z, a, g_hat, r] =
+  const at::MemoryFormat fmt = Fam::work_format(x_);
+  const auto [y_bar, x, z, a, g_hat, r] =
       prepare_bwd(y_bar_, x_, w1_, w2_, alpha, z_, a_, g_hat_, r_, normalize, fmt);
+  const Tensor w1 = Fam::weight(w1_, fmt), w2 = Fam::weight(w2_, fmt);
   Tensor g_bar = detach ? Tensor() : at::empty_like(x, x.options(), fmt);
   Tensor gbv = detach ? Tensor() : rows_view(g_bar, fmt);
   Tensor alpha_bar = at::empty_like(alpha);
@@ -415,9 +494,9 @@ Tensor6 block_bwd(const Tensor& y_bar_, const Tensor& x_, const Tensor& w1_,
     Stages::mix_bwd(rows_view(y_bar, fmt), rows_view(g_hat, fmt), rows_view(x, fmt), r, alpha,
                     normalize, detach, gbv, alpha_bar, no_x_bar);
 
-  const Tensor a_bar = Fam::adjoint(y_bar, w2, fmt);
+  auto [a_bar, w2_bar, b2_bar] = Fam::lin2_grads(y_bar, a, w2, fmt);
   const Tensor d_bar = detach ? Tensor() : Fam::lin(g_bar, w1, c10::nullopt, fmt);
-  const Tensor s = to_row_order(Fam::smap(w2, x), z, fmt);
+  const Tensor s = Fam::smap(w2_, z, fmt);
   Tensor z_bar = at::empty_like(z, z.options(), fmt);
   Tensor d = detach ? Tensor() : at::empty_like(z, z.options(), fmt);
   Tensor zbv = rows_view(z_bar, fmt);
@@ -427,17 +506,12 @@ Tensor6 block_bwd(const Tensor& y_bar_, const Tensor& x_, const Tensor& w1_,
   Stages::act_bwd(rows_view(z, fmt), rows_view(a_bar, fmt),
                   detach ? Tensor() : rows_view(d_bar, fmt), s, act, detach, zbv, dv, zbar_colsum,
                   s_bar);
-  zbar_colsum = from_row_order(zbar_colsum, z, fmt);
-  if (!detach) s_bar = from_row_order(s_bar, z, fmt);
-
-  auto [w2_bar, b2_bar] = Fam::lin2_grads(y_bar, a, w2);
-  if (!detach) Fam::add_smap_adjoint(w2_bar, s_bar, x);
-  // W̄1 = z̄ᵀx (+ dᵀḡ): two GEMMs/convs into one result rather than one over stacked [x; ḡ],
-  // which would copy x and allocate 2N-sample buffers every call.
-  Tensor w1_bar = Fam::weight_grad(x, z_bar, w1);
+  if (!detach) Fam::add_smap_adjoint(w2_bar, s_bar, z, fmt);
+  // x̄ = W1ᵀz̄ (+ skip) with W̄1 = z̄ᵀx (+ dᵀḡ): two GEMMs/convs into one result rather than one
+  // over stacked [x; ḡ], which would copy x and allocate 2N-sample buffers every call.
+  auto [x_bar, w1_bar] = Fam::lin_grads(z_bar, x, w1, fmt);
   if (!detach) Fam::add_weight_grad(w1_bar, g_bar, d, w1);
-  Tensor b1_bar = Fam::bias_grad(zbar_colsum, w1);
-  Tensor x_bar = Fam::adjoint(z_bar, w1, fmt);
+  Tensor b1_bar = Fam::bias_grad(zbar_colsum, z, fmt);
   if (detach) {  // ᾱ and x̄ += (1 − m)ȳ in one pass over ȳ
     Tensor xbv = rows_view(x_bar, fmt);
     Stages::mix_bwd(rows_view(y_bar, fmt), rows_view(g_hat, fmt), rows_view(x, fmt), r, alpha,
@@ -445,7 +519,10 @@ Tensor6 block_bwd(const Tensor& y_bar_, const Tensor& x_, const Tensor& w1_,
   } else {
     Stages::add_skip_grad(x_bar, y_bar, alpha);
   }
-  return {x_bar, w1_bar, b1_bar, w2_bar, b2_bar, alpha_bar};
+  // x̄ like x, W̄ like W (channels_last weights get channels_last gradients, which autograd
+  // would otherwise copy into their layout), whatever layout the block computed in.
+  return {x_bar.contiguous(sample_format(x_)), w1_bar.contiguous(sample_format(w1_)), b1_bar,
+          w2_bar.contiguous(sample_format(w2_)), b2_bar, alpha_bar};
 }
 
 // The ops' kernels for one device, whose fused stages are `Stages` (CpuStages, CudaStages).

@@ -42,29 +42,39 @@ def native_low_precision(device: torch.device) -> bool:
 
 
 def _sample_format(x: torch.Tensor) -> torch.memory_format:
-    """The memory format the ops keep for per-sample tensors (y, z, a, ĝ, x̄): channels_last when x
-    is (and is not also contiguous), contiguous otherwise — csrc/blocks.h's sample_format."""
+    """The memory format of the ops' per-sample outputs y and x̄: channels_last when x is (and is
+    not also contiguous), contiguous otherwise — csrc/blocks.h's sample_format."""
     if (x.dim() == 4 and not x.is_contiguous()
             and x.is_contiguous(memory_format=torch.channels_last)):
         return torch.channels_last
     return torch.contiguous_format
 
 
-def _empty_per_sample(shape, x: torch.Tensor) -> torch.Tensor:
-    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_sample_format(x))
-
-
 def _empty_like_x(x: torch.Tensor) -> torch.Tensor:
-    return _empty_per_sample(x.shape, x)
+    """y and x̄ like x, a weight's gradient like the weight: in _sample_format."""
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_sample_format(x))
+
+
+def _work_format(family: str, x: torch.Tensor) -> torch.memory_format:
+    """The memory format the block computes in and keeps z, a, ĝ in: a CPU conv block always
+    works in channels_last (oneDNN's fast layout), everything else in _sample_format(x) —
+    csrc/blocks.h's Fam::work_format."""
+    if family == "conv2d" and x.device.type == "cpu":
+        return torch.channels_last
+    return _sample_format(x)
 
 
 def _fake_saved(family: str):
-    """z and a are hidden-shaped, ĝ like x, r one per sample (empty unless normalize) in
-    fused_op.norm_dtype."""
+    """z and a are hidden-shaped, ĝ like x, all three in the block's working format; r one per
+    sample (empty unless normalize) in fused_op.norm_dtype."""
     def saved(x, w1, normalize):
         hidden = ((x.shape[0], w1.shape[0]) if family == "mlp"
                   else (x.shape[0], w1.shape[0], *x.shape[2:]))
-        return (_empty_per_sample(hidden, x), _empty_per_sample(hidden, x), _empty_like_x(x),
+        fmt = _work_format(family, x)
+
+        def empty(shape):
+            return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+        return (empty(hidden), empty(hidden), empty(x.shape),
                 x.new_empty((x.shape[0] if normalize else 0,), dtype=fused_op.norm_dtype(x.dtype)))
     return saved
 
@@ -72,7 +82,8 @@ def _fake_saved(family: str):
 if IMPORT_ERROR is None:
     for _family in ("mlp", "conv2d"):
         fused_op.register(*fused_op.OP_NAMES["cpp", _family], _family,
-                          _fake_saved(_family), fake_like_x=_empty_like_x)
+                          _fake_saved(_family), fake_like_x=_empty_like_x,
+                          fake_like_w=_empty_like_x)
 
 
 def gradres_mlp(x, w1, b1, w2, b2, alpha, **options):

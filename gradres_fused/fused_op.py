@@ -56,10 +56,12 @@ def _empty_contiguous_like(x):
 
 
 def register(fwd_name: str, bwd_name: str, family: str, fake_saved: Callable,
-             fake_like_x: Callable = _empty_contiguous_like) -> None:
+             fake_like_x: Callable = _empty_contiguous_like,
+             fake_like_w: Callable = _empty_contiguous_like) -> None:
     """Fake kernels and autograd for one fwd/bwd pair. `fake_saved(x, w1, normalize)` returns
     empty tensors like the forward's (z, a, ĝ, r); `fake_like_x(x)` an empty tensor laid out like
-    the op's y and x̄ (contiguous unless the backend keeps x's memory format)."""
+    the op's y and x̄ (contiguous unless the backend keeps x's memory format); `fake_like_w(w)`
+    one laid out like the op's gradient of weight w (contiguous unless the backend keeps w's)."""
     fam = FAMILIES[family]
 
     @torch.library.register_fake(fwd_name)
@@ -69,8 +71,8 @@ def register(fwd_name: str, bwd_name: str, family: str, fake_saved: Callable,
     @torch.library.register_fake(bwd_name)
     def _bwd_fake(y_bar, x, w1, b1, w2, alpha, z, a, g_hat, r, activation, normalize, eps,
                   detach):
-        return (fake_like_x(x), w1.new_empty(w1.shape), w1.new_empty((w1.shape[0],)),
-                w2.new_empty(w2.shape), w2.new_empty((w2.shape[0],)),
+        return (fake_like_x(x), fake_like_w(w1), w1.new_empty((w1.shape[0],)),
+                fake_like_w(w2), w2.new_empty((w2.shape[0],)),
                 alpha.new_empty(alpha.shape))
 
     def _fwd_setup(ctx, inputs, output):

@@ -102,28 +102,33 @@ def test_non_contiguous_inputs_give_reference_results():
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[cuda_only, pytest.mark.cuda])])
 @pytest.mark.parametrize("detach", [True, False], ids=["detach", "second_order"])
-def test_conv_keeps_channels_last(detach, device):
-    """A channels_last x gives a channels_last y and x̄ (as the reference does), equal to the
-    reference's; the fake kernels say the same layout."""
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format],
+                         ids=["channels_last", "contiguous"])
+def test_conv_keeps_the_layout_of_x(layout, detach, device):
+    """y and x̄ come back in x's layout and W̄ in W's (as the reference's do), equal to the
+    reference's, whatever layout the block computes in (channels_last on CPU: z, a, ĝ are kept in
+    it); the fake kernels say the same layouts."""
     base = [t.to(device) for t in _detached(conv_inputs(3, 4, 5, 6, 7))]
-    x = base[0].contiguous(memory_format=torch.channels_last)
-    assert not x.is_contiguous()
-    inputs = [x.requires_grad_(), *[t.requires_grad_() for t in base[1:]]]
-    proj = torch.randn(x.shape, dtype=torch.float64, device=device)
+    inputs = [t.contiguous(memory_format=layout) if t.dim() == 4 else t for t in base]
+    assert inputs[0].is_contiguous() == (layout == torch.contiguous_format)
+    inputs = [t.requires_grad_() for t in inputs]
+    proj = torch.randn(inputs[0].shape, dtype=torch.float64, device=device)
 
     def block(backend):
         return functools.partial(gf.gradres_conv2d, activation="silu", detach=detach,
                                  backend=backend)
     y = block("cpp")(*inputs)
-    (x_bar,) = torch.autograd.grad((y * proj).sum(), inputs[0])
-    assert y.is_contiguous(memory_format=torch.channels_last)
-    assert x_bar.is_contiguous(memory_format=torch.channels_last)
+    x_bar, w1_bar, w2_bar = torch.autograd.grad((y * proj).sum(), [inputs[i] for i in (0, 1, 3)])
+    assert y.is_contiguous(memory_format=layout)
+    assert all(t.is_contiguous(memory_format=layout) for t in (x_bar, w1_bar, w2_bar))
     got, n = outputs_and_grads(block("cpp"), inputs, proj)
     want, _ = outputs_and_grads(block("reference"), inputs, proj)
     assert_parity([t.cpu() for t in got], [t.cpu() for t in want], torch.float64, first_order=n)
     args = (*_detached(inputs), "silu", True, 1e-6, detach)
     torch.library.opcheck(ops.conv_fwd, args, test_utils=("test_schema", "test_faketensor"))
     _, z, a, g_hat, r = ops.conv_fwd(*args)
+    work = torch.channels_last if device == "cpu" else layout
+    assert all(t.is_contiguous(memory_format=work) for t in (z, a, g_hat))
     torch.library.opcheck(ops.conv_bwd, (proj, args[0], args[1], args[2], args[3], args[5], z, a,
                                          g_hat, r, *args[6:]),
                           test_utils=("test_schema", "test_faketensor"))
