@@ -194,8 +194,23 @@ def run(args) -> dict:
         "versions": {"torch": torch.__version__, "python": platform.python_version(),
                      "gradres_fused": gf.__version__,
                      "cuda": torch.version.cuda if device.type == "cuda" else None},
+        "processor": processor_name(device),
         "date": _dt.date.today().isoformat(), "tier": tier, "ceilings": ceil, "rows": rows,
     }
+
+
+def processor_name(device: torch.device) -> str:
+    """The CPU's model name and the widest vector ISA PyTorch uses on it, or the GPU's name:
+    timings from different machines are not comparable, and machines of one kind differ."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model} ({torch.backends.cpu.get_cpu_capability()})"
 
 
 def _fmt(v) -> str:
@@ -220,7 +235,9 @@ def print_row(row: dict, progress: str = "") -> None:
 
 def markdown(result: dict) -> str:
     lines = [f"# {result['device']} — {result['date']} (tier: {result['tier']})", "",
-             f"versions: {result['versions']}", "", f"ceilings: {result['ceilings']}", "",
+             f"versions: {result['versions']}", "",
+             f"processor: {result.get('processor', 'not recorded')}", "",
+             f"ceilings: {result['ceilings']}", "",
              f"allocator: {result.get('allocator', 'system default')}", "",
              "| " + " | ".join(("shape",) + HEADER) + " |", "|" + "---|" * (len(HEADER) + 1)]
     lines += ["| " + " | ".join(_fmt(r[k]) for k in ("shape",) + HEADER) + " |"

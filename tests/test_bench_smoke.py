@@ -26,7 +26,7 @@ def test_bench_quick_writes_schema_and_parity(tmp_path):
     assert [r[0] for r in table[1:]] == [f"[{i}/4]" for i in range(1, 5)
                                          for _ in range(len(result["rows"]) // 4)]
     assert [r[1] for r in table[1:]] == [r["shape"] for r in result["rows"]]
-    assert {"device", "versions", "date", "rows", "allocator"} <= set(result)
+    assert {"device", "versions", "processor", "date", "rows", "allocator"} <= set(result)
     assert result["allocator"] == "system default"
     assert (tmp_path / "r.md").is_file()
     rows = result["rows"]
