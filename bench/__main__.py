@@ -34,7 +34,7 @@ from bench.measure import (ceilings, peak_mem_mb, quantiles, roofline_pct, saved
 from bench.workloads import WORKLOADS, Case, step_units
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-COMPILED = ("reference", "composite")  # the peers the issue measures under torch.compile
+COMPILED = ("reference", "composite", "cpp")  # the peers also measured under torch.compile
 HEADER = ("workload", "dtype", "activation", "mode", "backend", "compiled", "fwd_ms", "step_ms",
           "vs_plain", "vs_reference", "roofline_pct", "max_rel_err", "status")
 
