@@ -61,8 +61,9 @@ inline at::ScalarType norm_dtype(const Tensor& x) { return at::toOpMathType(x.sc
 
 // The memory format of the ops' per-sample outputs y and x̄ (and of a weight's gradient, applied
 // to the weight): channels_last when x is (and is not also contiguous), so a channels_last
-// network stays channels_last without copies; contiguous otherwise. The block may compute in another format (Fam::work_format; z, a, ĝ are kept in that
-// one). gradres_fused/cpp.py's fake kernels follow the same rules.
+// network stays channels_last without copies; contiguous otherwise. The block may compute in
+// another format (Fam::work_format; z, a, ĝ are kept in that one). gradres_fused/cpp.py's fake
+// kernels follow the same rules.
 inline at::MemoryFormat sample_format(const Tensor& x) {
   return x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)
              ? at::MemoryFormat::ChannelsLast
@@ -267,16 +268,6 @@ inline Tensor border(int64_t k, int64_t n, const Tensor& like) {
   return ((o >= 0) & (o < n)).to(like.scalar_type());
 }
 
-// Offsets of a per-feature (C, H, W) vector in the row order of `fmt` (rows_view's columns):
-// (C, H, W) contiguous, (H, W, C) channels_last.
-struct FeatureIndex {
-  int64_t C, H, W;
-  bool channels_last;
-  int64_t operator()(int64_t c, int64_t i, int64_t j) const {
-    return channels_last ? (i * W + j) * C + c : (c * H + i) * W + j;
-  }
-};
-
 // taps t of a k-wide 'same' kernel that reach output position p of n: t ∈ [p + k/2 − n + 1,
 // p + k/2] ∩ [0, k); positions p a tap t reaches: p ∈ [t − k/2, t − k/2 + n − 1] ∩ [0, n).
 inline int64_t first_tap(int64_t p, int64_t k, int64_t n) {
@@ -284,13 +275,14 @@ inline int64_t first_tap(int64_t p, int64_t k, int64_t n) {
 }
 inline int64_t last_tap(int64_t p, int64_t k) { return std::min<int64_t>(k - 1, p + k / 2); }
 
+// The CPU helpers below read and write per-feature vectors in a CPU conv block's row order,
+// channels_last's (H, W, C) (Conv::work_format): no permuted copies.
+
 // S[c, i, j] = Σ_{u,v} W2.sum(0)[c, u, v]·R[u, i]·Q[v, j] on CPU by its two separable sums over
-// the taps that reach (i, j) — the einsum of Conv::smap without its small ops — written straight
-// in the row order of `fmt` (no permuted copy of a channels_last block's map).
-inline Tensor smap_cpu(const Tensor& w2, int64_t H, int64_t W, at::MemoryFormat fmt) {
+// the taps that reach (i, j) — the einsum of Conv::smap without its small ops. (H, W, C) order.
+inline Tensor smap_cpu(const Tensor& w2, int64_t H, int64_t W) {
   RECORD_FUNCTION("gradres::smap", std::vector<c10::IValue>());
   const int64_t O = w2.size(0), C = w2.size(1), kh = w2.size(2), kw = w2.size(3);
-  const FeatureIndex at_{C, H, W, fmt == at::MemoryFormat::ChannelsLast};
   Tensor out = at::empty({C * H * W}, w2.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w2.scalar_type(), "smap_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -305,8 +297,7 @@ inline Tensor smap_cpu(const Tensor& w2, int64_t H, int64_t W, at::MemoryFormat 
           for (int64_t v = 0; v < kw; ++v)
             ws[(c * kh + u) * kw + v] += acc_t(w2p[o * st[0] + c * st[1] + u * st[2] + v * st[3]]);
     // rows[u, j, c] = Σ_v ws[c, u, v]·Q[v, j]; full[j, c] = Σ_u rows[u, j, c] (the value of every
-    // row i that all kh taps reach). Channel-minor, so that the channels_last map is written
-    // in order.
+    // row i that all kh taps reach). Channel-minor, like the map.
     std::vector<acc_t> rows(static_cast<size_t>(kh * W * C)), full(static_cast<size_t>(W * C));
     for (int64_t u = 0; u < kh; ++u)
       for (int64_t j = 0; j < W; ++j)
@@ -324,7 +315,7 @@ inline Tensor smap_cpu(const Tensor& w2, int64_t H, int64_t W, at::MemoryFormat 
       }
     scalar_t* sp = out.data_ptr<scalar_t>();
     at::parallel_for(0, H, 1, [&](int64_t ib, int64_t ie) {
-      std::vector<acc_t> row(static_cast<size_t>(W * C));  // S[:, i, :] as (j, c)
+      std::vector<acc_t> row(static_cast<size_t>(W * C));  // S[i] (not every tap reaches it)
       for (int64_t i = ib; i < ie; ++i) {
         const int64_t u0 = first_tap(i, kh, H), u1 = last_tap(i, kh);
         const acc_t* src = full.data();
@@ -336,13 +327,8 @@ inline Tensor smap_cpu(const Tensor& w2, int64_t H, int64_t W, at::MemoryFormat 
           }
           src = row.data();
         }
-        if (at_.channels_last) {  // (j, c) is the map's own order
-          scalar_t* dst = sp + i * W * C;
-          for (int64_t q = 0; q < W * C; ++q) dst[q] = scalar_t(src[q]);
-        } else {
-          for (int64_t j = 0; j < W; ++j)
-            for (int64_t c = 0; c < C; ++c) sp[at_(c, i, j)] = scalar_t(src[j * C + c]);
-        }
+        scalar_t* dst = sp + i * W * C;
+        for (int64_t q = 0; q < W * C; ++q) dst[q] = scalar_t(src[q]);
       }
     });
   });
@@ -351,13 +337,12 @@ inline Tensor smap_cpu(const Tensor& w2, int64_t H, int64_t W, at::MemoryFormat 
 
 // T[c, u, v] = Σ_{i,j} S̄[c, i, j]·R[u, i]·Q[v, j] on CPU, the adjoint of smap_cpu: per tap (u, v)
 // the sum of S̄[c] over the positions the tap reaches — the row sums of the rows it reaches less
-// the few columns it does not. s_bar in the row order of `fmt`; sums in double, in one thread (a
-// fixed order: the same bits at every thread count). (C, kh, kw).
+// the few columns it does not. s_bar in (H, W, C) order; sums in double, in one thread (a fixed
+// order: the same bits at every thread count). (C, kh, kw).
 inline Tensor smap_adjoint_cpu(const Tensor& s_bar_, int64_t C, int64_t H, int64_t W, int64_t kh,
-                               int64_t kw, at::MemoryFormat fmt) {
+                               int64_t kw) {
   RECORD_FUNCTION("gradres::smap_adjoint", std::vector<c10::IValue>());
   const Tensor s_bar = s_bar_.contiguous();
-  const FeatureIndex at_{C, H, W, fmt == at::MemoryFormat::ChannelsLast};
   Tensor out = at::empty({C, kh, kw}, s_bar.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s_bar.scalar_type(), "smap_adjoint",
                                   [&] {
@@ -365,7 +350,7 @@ inline Tensor smap_adjoint_cpu(const Tensor& s_bar_, int64_t C, int64_t H, int64
     std::vector<double> row_sums(static_cast<size_t>(H * C), 0.0);  // [i][c] = Σ_j S̄[c, i, j]
     for (int64_t i = 0; i < H; ++i)
       for (int64_t j = 0; j < W; ++j)
-        for (int64_t c = 0; c < C; ++c) row_sums[i * C + c] += double(sp[at_(c, i, j)]);
+        for (int64_t c = 0; c < C; ++c) row_sums[i * C + c] += double(sp[(i * W + j) * C + c]);
     std::vector<double> t(static_cast<size_t>(C));
     scalar_t* op = out.data_ptr<scalar_t>();
     for (int64_t u = 0; u < kh; ++u)
@@ -376,7 +361,7 @@ inline Tensor smap_adjoint_cpu(const Tensor& s_bar_, int64_t C, int64_t H, int64
           for (int64_t c = 0; c < C; ++c) t[c] += row_sums[i * C + c];
           for (int64_t j = 0; j < W; ++j) {
             if (j >= j0 && j < j1) continue;  // reached: in the row sum already
-            for (int64_t c = 0; c < C; ++c) t[c] -= double(sp[at_(c, i, j)]);
+            for (int64_t c = 0; c < C; ++c) t[c] -= double(sp[(i * W + j) * C + c]);
           }
         }
         for (int64_t c = 0; c < C; ++c) op[(c * kh + u) * kw + v] = scalar_t(t[c]);
@@ -385,19 +370,17 @@ inline Tensor smap_adjoint_cpu(const Tensor& s_bar_, int64_t C, int64_t H, int64
   return out;
 }
 
-// b̄[c] = Σ_{h,w} v[c, h, w] on CPU: v is a per-feature vector in the row order of `fmt`, summed
-// per channel in double in one loop (at::sum's per-call cost dominates small blocks).
-inline Tensor channel_sums_cpu(const Tensor& v_, int64_t C, int64_t H, int64_t W,
-                               at::MemoryFormat fmt) {
+// b̄[c] = Σ_{h,w} v[c, h, w] on CPU: v is a per-feature vector in (H, W, C) order, summed per
+// channel in double in one loop (at::sum's per-call cost dominates small blocks).
+inline Tensor channel_sums_cpu(const Tensor& v_, int64_t C) {
   const Tensor v = v_.contiguous();
   Tensor out = at::empty({C}, v.options());
-  const FeatureIndex at_{C, H, W, fmt == at::MemoryFormat::ChannelsLast};
+  const int64_t positions = C == 0 ? 0 : v.numel() / C;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "channel_sums", [&] {
     const scalar_t* vp = v.data_ptr<scalar_t>();
     std::vector<double> t(static_cast<size_t>(C), 0.0);
-    for (int64_t i = 0; i < H; ++i)
-      for (int64_t j = 0; j < W; ++j)
-        for (int64_t c = 0; c < C; ++c) t[c] += double(vp[at_(c, i, j)]);
+    for (int64_t p = 0; p < positions; ++p)
+      for (int64_t c = 0; c < C; ++c) t[c] += double(vp[p * C + c]);
     scalar_t* op = out.data_ptr<scalar_t>();
     for (int64_t c = 0; c < C; ++c) op[c] = scalar_t(t[c]);
   });
@@ -455,7 +438,10 @@ struct Conv {
   // S[c,i,j] = Σ_{u,v} W2.sum(0)[c,u,v] R[u,i] Q[v,j]: ∂ΣF/∂a, independent of x; flattened in
   // the row order of fmt.
   static Tensor smap(const Tensor& w2, const Tensor& z, at::MemoryFormat fmt) {
-    if (w2.is_cpu()) return smap_cpu(w2, z.size(2), z.size(3), fmt);
+    if (w2.is_cpu()) {
+      TORCH_INTERNAL_ASSERT(fmt == at::MemoryFormat::ChannelsLast);  // work_format on CPU
+      return smap_cpu(w2, z.size(2), z.size(3));
+    }
     const Tensor s = at::einsum("cuv,ui,vj->cij", {w2.sum(0), border(w2.size(2), z.size(2), w2),
                                                    border(w2.size(3), z.size(3), w2)})
                          .contiguous()
@@ -467,8 +453,9 @@ struct Conv {
                                at::MemoryFormat fmt) {
     const int64_t C = w2_bar.size(1), H = z.size(2), W = z.size(3);
     if (w2_bar.is_cpu()) {
-      w2_bar.add_(smap_adjoint_cpu(s_bar, C, H, W, w2_bar.size(2), w2_bar.size(3), fmt)
-                      .unsqueeze(0));
+      TORCH_INTERNAL_ASSERT(fmt == at::MemoryFormat::ChannelsLast);
+      w2_bar.add_(
+          smap_adjoint_cpu(s_bar, C, H, W, w2_bar.size(2), w2_bar.size(3)).unsqueeze(0));
       return;
     }
     const Tensor sb = from_row_order(s_bar, z, fmt).view({C, H, W});
@@ -478,8 +465,11 @@ struct Conv {
   }
   // b̄1 from the column sums of z̄ (row order of fmt).
   static Tensor bias_grad(const Tensor& zbar_colsum, const Tensor& z, at::MemoryFormat fmt) {
-    const int64_t C = z.size(1), H = z.size(2), W = z.size(3);
-    if (zbar_colsum.is_cpu()) return channel_sums_cpu(zbar_colsum, C, H, W, fmt);
+    const int64_t C = z.size(1);
+    if (zbar_colsum.is_cpu()) {
+      TORCH_INTERNAL_ASSERT(fmt == at::MemoryFormat::ChannelsLast);
+      return channel_sums_cpu(zbar_colsum, C);
+    }
     return from_row_order(zbar_colsum, z, fmt).view({C, -1}).sum(1);
   }
 };
