@@ -268,6 +268,37 @@ inline Tensor border(int64_t k, int64_t n, const Tensor& like) {
   return ((o >= 0) & (o < n)).to(like.scalar_type());
 }
 
+// Offsets of a per-feature (C, H, W) vector in the row order of `fmt` (rows_view's columns):
+// (C, H, W) contiguous, (H, W, C) channels_last.
+struct FeatureIndex {
+  int64_t C, H, W;
+  bool channels_last;
+  int64_t operator()(int64_t c, int64_t i, int64_t j) const {
+    return channels_last ? (i * W + j) * C + c : (c * H + i) * W + j;
+  }
+  // f(c, i, j, offset) for every feature; per (c, i) the positions j come in ascending order in
+  // both formats, so sums built this way (one accumulator per c or per (c, i)) have the same bits
+  // in either. channels_last: memory order. Contiguous: eight channels' planes side by side, so
+  // that eight accumulators advance at once (one channel at a time would be latency-bound:
+  // ~0.1 ms for a 64×32×32 map).
+  template <typename F>
+  void for_each(const F& f) const {
+    if (channels_last) {
+      for (int64_t i = 0, q = 0; i < H; ++i)
+        for (int64_t j = 0; j < W; ++j)
+          for (int64_t c = 0; c < C; ++c, ++q) f(c, i, j, q);
+      return;
+    }
+    constexpr int64_t kLanes = 8;
+    for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
+      const int64_t c1 = std::min(C, c0 + kLanes);
+      for (int64_t i = 0; i < H; ++i)
+        for (int64_t j = 0; j < W; ++j)
+          for (int64_t c = c0; c < c1; ++c) f(c, i, j, (c * H + i) * W + j);
+    }
+  }
+};
+
 // taps t of a k-wide 'same' kernel that reach output position p of n: t ∈ [p + k/2 − n + 1,
 // p + k/2] ∩ [0, k); positions p a tap t reaches: p ∈ [t − k/2, t − k/2 + n − 1] ∩ [0, n).
 inline int64_t first_tap(int64_t p, int64_t k, int64_t n) {
@@ -275,14 +306,13 @@ inline int64_t first_tap(int64_t p, int64_t k, int64_t n) {
 }
 inline int64_t last_tap(int64_t p, int64_t k) { return std::min<int64_t>(k - 1, p + k / 2); }
 
-// The CPU helpers below read and write per-feature vectors in a CPU conv block's row order,
-// channels_last's (H, W, C) (Conv::work_format): no permuted copies.
-
 // S[c, i, j] = Σ_{u,v} W2.sum(0)[c, u, v]·R[u, i]·Q[v, j] on CPU by its two separable sums over
-// the taps that reach (i, j) — the einsum of Conv::smap without its small ops. (H, W, C) order.
-inline Tensor smap_cpu(const Tensor& w2, int64_t H, int64_t W) {
+// the taps that reach (i, j) — the einsum of Conv::smap without its small ops — written straight
+// in the row order of `fmt` (no permuted copy of a channels_last block's map).
+inline Tensor smap_cpu(const Tensor& w2, int64_t H, int64_t W, at::MemoryFormat fmt) {
   RECORD_FUNCTION("gradres::smap", std::vector<c10::IValue>());
   const int64_t O = w2.size(0), C = w2.size(1), kh = w2.size(2), kw = w2.size(3);
+  const FeatureIndex at_{C, H, W, fmt == at::MemoryFormat::ChannelsLast};
   Tensor out = at::empty({C * H * W}, w2.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w2.scalar_type(), "smap_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -297,7 +327,8 @@ inline Tensor smap_cpu(const Tensor& w2, int64_t H, int64_t W) {
           for (int64_t v = 0; v < kw; ++v)
             ws[(c * kh + u) * kw + v] += acc_t(w2p[o * st[0] + c * st[1] + u * st[2] + v * st[3]]);
     // rows[u, j, c] = Σ_v ws[c, u, v]·Q[v, j]; full[j, c] = Σ_u rows[u, j, c] (the value of every
-    // row i that all kh taps reach). Channel-minor, like the map.
+    // row i that all kh taps reach). Channel-minor, so that the channels_last map is written
+    // in order.
     std::vector<acc_t> rows(static_cast<size_t>(kh * W * C)), full(static_cast<size_t>(W * C));
     for (int64_t u = 0; u < kh; ++u)
       for (int64_t j = 0; j < W; ++j)
@@ -314,8 +345,38 @@ inline Tensor smap_cpu(const Tensor& w2, int64_t H, int64_t W) {
         full[j * C + c] = t;
       }
     scalar_t* sp = out.data_ptr<scalar_t>();
+    if (!at_.channels_last) {
+      // (C, H, W): per channel the rows' sums transposed to (u, c, j) / (c, j), so each output
+      // row is W contiguous values: the full sum for the rows every tap reaches (most of the
+      // map), a sum over the reaching taps' rows in u order (as above) for the others.
+      std::vector<acc_t> rows_t(rows.size()), full_t(full.size());
+      for (int64_t u = 0; u < kh; ++u)
+        for (int64_t j = 0; j < W; ++j)
+          for (int64_t c = 0; c < C; ++c) rows_t[(u * C + c) * W + j] = rows[(u * W + j) * C + c];
+      for (int64_t j = 0; j < W; ++j)
+        for (int64_t c = 0; c < C; ++c) full_t[c * W + j] = full[j * C + c];
+      at::parallel_for(0, C, 1, [&](int64_t cb, int64_t ce) {
+        std::vector<acc_t> edge(static_cast<size_t>(W));
+        for (int64_t c = cb; c < ce; ++c)
+          for (int64_t i = 0; i < H; ++i) {
+            const int64_t u0 = first_tap(i, kh, H), u1 = last_tap(i, kh);
+            const acc_t* src = full_t.data() + c * W;
+            if (u0 != 0 || u1 != kh - 1) {
+              std::fill(edge.begin(), edge.end(), acc_t(0));
+              for (int64_t u = u0; u <= u1; ++u) {
+                const acc_t* r = rows_t.data() + (u * C + c) * W;
+                for (int64_t j = 0; j < W; ++j) edge[j] += r[j];
+              }
+              src = edge.data();
+            }
+            scalar_t* dst = sp + (c * H + i) * W;
+            for (int64_t j = 0; j < W; ++j) dst[j] = scalar_t(src[j]);
+          }
+      });
+      return;
+    }
     at::parallel_for(0, H, 1, [&](int64_t ib, int64_t ie) {
-      std::vector<acc_t> row(static_cast<size_t>(W * C));  // S[i] (not every tap reaches it)
+      std::vector<acc_t> row(static_cast<size_t>(W * C));  // S[:, i, :] as (j, c)
       for (int64_t i = ib; i < ie; ++i) {
         const int64_t u0 = first_tap(i, kh, H), u1 = last_tap(i, kh);
         const acc_t* src = full.data();
@@ -327,7 +388,7 @@ inline Tensor smap_cpu(const Tensor& w2, int64_t H, int64_t W) {
           }
           src = row.data();
         }
-        scalar_t* dst = sp + i * W * C;
+        scalar_t* dst = sp + i * W * C;  // (H, W, C): (j, c) is the map's own order
         for (int64_t q = 0; q < W * C; ++q) dst[q] = scalar_t(src[q]);
       }
     });
@@ -337,20 +398,21 @@ inline Tensor smap_cpu(const Tensor& w2, int64_t H, int64_t W) {
 
 // T[c, u, v] = Σ_{i,j} S̄[c, i, j]·R[u, i]·Q[v, j] on CPU, the adjoint of smap_cpu: per tap (u, v)
 // the sum of S̄[c] over the positions the tap reaches — the row sums of the rows it reaches less
-// the few columns it does not. s_bar in (H, W, C) order; sums in double, in one thread (a fixed
-// order: the same bits at every thread count). (C, kh, kw).
+// the few columns it does not. s_bar in the row order of `fmt`; sums in double, in one thread (a
+// fixed order: the same bits at every thread count). (C, kh, kw).
 inline Tensor smap_adjoint_cpu(const Tensor& s_bar_, int64_t C, int64_t H, int64_t W, int64_t kh,
-                               int64_t kw) {
+                               int64_t kw, at::MemoryFormat fmt) {
   RECORD_FUNCTION("gradres::smap_adjoint", std::vector<c10::IValue>());
   const Tensor s_bar = s_bar_.contiguous();
+  const FeatureIndex at_{C, H, W, fmt == at::MemoryFormat::ChannelsLast};
   Tensor out = at::empty({C, kh, kw}, s_bar.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s_bar.scalar_type(), "smap_adjoint",
                                   [&] {
     const scalar_t* sp = s_bar.data_ptr<scalar_t>();
     std::vector<double> row_sums(static_cast<size_t>(H * C), 0.0);  // [i][c] = Σ_j S̄[c, i, j]
-    for (int64_t i = 0; i < H; ++i)
-      for (int64_t j = 0; j < W; ++j)
-        for (int64_t c = 0; c < C; ++c) row_sums[i * C + c] += double(sp[(i * W + j) * C + c]);
+    at_.for_each([&](int64_t c, int64_t i, int64_t /*j*/, int64_t q) {
+      row_sums[i * C + c] += double(sp[q]);
+    });
     std::vector<double> t(static_cast<size_t>(C));
     scalar_t* op = out.data_ptr<scalar_t>();
     for (int64_t u = 0; u < kh; ++u)
@@ -361,7 +423,7 @@ inline Tensor smap_adjoint_cpu(const Tensor& s_bar_, int64_t C, int64_t H, int64
           for (int64_t c = 0; c < C; ++c) t[c] += row_sums[i * C + c];
           for (int64_t j = 0; j < W; ++j) {
             if (j >= j0 && j < j1) continue;  // reached: in the row sum already
-            for (int64_t c = 0; c < C; ++c) t[c] -= double(sp[(i * W + j) * C + c]);
+            for (int64_t c = 0; c < C; ++c) t[c] -= double(sp[at_(c, i, j)]);
           }
         }
         for (int64_t c = 0; c < C; ++c) op[(c * kh + u) * kw + v] = scalar_t(t[c]);
@@ -370,17 +432,17 @@ inline Tensor smap_adjoint_cpu(const Tensor& s_bar_, int64_t C, int64_t H, int64
   return out;
 }
 
-// b̄[c] = Σ_{h,w} v[c, h, w] on CPU: v is a per-feature vector in (H, W, C) order, summed per
-// channel in double in one loop (at::sum's per-call cost dominates small blocks).
-inline Tensor channel_sums_cpu(const Tensor& v_, int64_t C) {
+// b̄[c] = Σ_{h,w} v[c, h, w] on CPU: v is a per-feature vector in the row order of `fmt`, summed
+// per channel in double in one loop (at::sum's per-call cost dominates small blocks).
+inline Tensor channel_sums_cpu(const Tensor& v_, int64_t C, int64_t H, int64_t W,
+                               at::MemoryFormat fmt) {
   const Tensor v = v_.contiguous();
   Tensor out = at::empty({C}, v.options());
-  const int64_t positions = C == 0 ? 0 : v.numel() / C;
+  const FeatureIndex at_{C, H, W, fmt == at::MemoryFormat::ChannelsLast};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "channel_sums", [&] {
     const scalar_t* vp = v.data_ptr<scalar_t>();
     std::vector<double> t(static_cast<size_t>(C), 0.0);
-    for (int64_t p = 0; p < positions; ++p)
-      for (int64_t c = 0; c < C; ++c) t[c] += double(vp[p * C + c]);
+    at_.for_each([&](int64_t c, int64_t, int64_t, int64_t q) { t[c] += double(vp[q]); });
     scalar_t* op = out.data_ptr<scalar_t>();
     for (int64_t c = 0; c < C; ++c) op[c] = scalar_t(t[c]);
   });
@@ -402,15 +464,19 @@ struct Conv {
   static void check(const Tensor& x, const Tensor& w1, const Tensor& w2) {
     check_conv_shapes(x, w1, w2);
   }
-  // On CPU the block computes in channels_last whatever x's format: oneDNN's channels_last
-  // convolutions (activations and kernels) are 1.1–2.5× faster than its NCHW ones on every conv
-  // of the block, more than the layout copies of a contiguous x, y, ȳ and x̄ cost. On CUDA it
-  // keeps x's format.
-  static at::MemoryFormat work_format(const Tensor& x) {
-    return x.is_cpu() ? at::MemoryFormat::ChannelsLast : sample_format(x);
-  }
+  // The block computes in x's format (sample_format): a contiguous network runs NCHW
+  // convolutions, a channels_last one channels_last ones, and neither pays layout copies of its
+  // activations. (Computing every CPU block in channels_last, whatever x's format, was tried: on
+  // an AVX-512 EPYC its convolutions beat the NCHW ones by more than the four copies of x, y, ȳ
+  // and x̄ a contiguous network then pays; on an AVX2 EPYC (Zen 3) the channels_last
+  // convolution_backward is slower than NCHW's and the copies ~0.4 ms each, and a 16-block EDSR
+  // step took 1.3-1.7× plain instead of 1.16×. The network's own layout is what the user chose
+  // for the rest of the model too.)
+  static at::MemoryFormat work_format(const Tensor& x) { return sample_format(x); }
+  // On CPU the kernels in the block's format (oneDNN's choice for channels_last activations); on
+  // CUDA contiguous (cuDNN picks its own).
   static Tensor weight(const Tensor& w, at::MemoryFormat fmt) {
-    return w.is_cpu() ? w.contiguous(fmt) : w.contiguous();
+    return w.is_cpu() ? relayout(w, fmt) : w.contiguous();
   }
   static Tensor lin(const Tensor& t, const Tensor& w, const c10::optional<Tensor>& b,
                     at::MemoryFormat fmt) {
@@ -438,10 +504,7 @@ struct Conv {
   // S[c,i,j] = Σ_{u,v} W2.sum(0)[c,u,v] R[u,i] Q[v,j]: ∂ΣF/∂a, independent of x; flattened in
   // the row order of fmt.
   static Tensor smap(const Tensor& w2, const Tensor& z, at::MemoryFormat fmt) {
-    if (w2.is_cpu()) {
-      TORCH_INTERNAL_ASSERT(fmt == at::MemoryFormat::ChannelsLast);  // work_format on CPU
-      return smap_cpu(w2, z.size(2), z.size(3));
-    }
+    if (w2.is_cpu()) return smap_cpu(w2, z.size(2), z.size(3), fmt);
     const Tensor s = at::einsum("cuv,ui,vj->cij", {w2.sum(0), border(w2.size(2), z.size(2), w2),
                                                    border(w2.size(3), z.size(3), w2)})
                          .contiguous()
@@ -453,9 +516,8 @@ struct Conv {
                                at::MemoryFormat fmt) {
     const int64_t C = w2_bar.size(1), H = z.size(2), W = z.size(3);
     if (w2_bar.is_cpu()) {
-      TORCH_INTERNAL_ASSERT(fmt == at::MemoryFormat::ChannelsLast);
-      w2_bar.add_(
-          smap_adjoint_cpu(s_bar, C, H, W, w2_bar.size(2), w2_bar.size(3)).unsqueeze(0));
+      w2_bar.add_(smap_adjoint_cpu(s_bar, C, H, W, w2_bar.size(2), w2_bar.size(3), fmt)
+                      .unsqueeze(0));
       return;
     }
     const Tensor sb = from_row_order(s_bar, z, fmt).view({C, H, W});
@@ -465,11 +527,8 @@ struct Conv {
   }
   // b̄1 from the column sums of z̄ (row order of fmt).
   static Tensor bias_grad(const Tensor& zbar_colsum, const Tensor& z, at::MemoryFormat fmt) {
-    const int64_t C = z.size(1);
-    if (zbar_colsum.is_cpu()) {
-      TORCH_INTERNAL_ASSERT(fmt == at::MemoryFormat::ChannelsLast);
-      return channel_sums_cpu(zbar_colsum, C);
-    }
+    const int64_t C = z.size(1), H = z.size(2), W = z.size(3);
+    if (zbar_colsum.is_cpu()) return channel_sums_cpu(zbar_colsum, C, H, W, fmt);
     return from_row_order(zbar_colsum, z, fmt).view({C, -1}).sum(1);
   }
 };
@@ -530,12 +589,13 @@ Tensor6 block_bwd(const Tensor& y_bar_, const Tensor& x_, const Tensor& w1_,
 
   auto [a_bar, w2_bar, b2_bar] = Fam::lin2_grads(y_bar, a, w2, fmt);
   const Tensor d_bar = detach ? Tensor() : Fam::lin(g_bar, w1, c10::nullopt, fmt);
-  const Tensor s = Fam::smap(w2_, z, fmt);
+  // s only feeds the second-order terms (d, z̄'s φ'' term): detach mode skips the S-map.
+  const Tensor s = detach ? Tensor() : Fam::smap(w2_, z, fmt);
   Tensor z_bar = at::empty_like(z, z.options(), fmt);
   Tensor d = detach ? Tensor() : at::empty_like(z, z.options(), fmt);
   Tensor zbv = rows_view(z_bar, fmt);
   Tensor dv = detach ? Tensor() : rows_view(d, fmt);
-  Tensor zbar_colsum = at::empty_like(s);
+  Tensor zbar_colsum = at::empty({zbv.size(1)}, z.options());
   Tensor s_bar = detach ? Tensor() : at::empty_like(s);
   Stages::act_bwd(rows_view(z, fmt), rows_view(a_bar, fmt),
                   detach ? Tensor() : rows_view(d_bar, fmt), s, act, detach, zbv, dv, zbar_colsum,

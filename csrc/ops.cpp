@@ -1,9 +1,9 @@
 // gradres_fused C++ ops: the schemas. The kernels are registered per device with the dispatcher —
 // CPU from stages_cpu.cpp, CUDA from cuda/stages_cuda.cpp — both the glue of blocks.h (GEMMs and
 // convolutions through ATen, everything between them in the fused passes of stages.h) over that
-// device's stages. Autograd and fake (meta) kernels are registered from Python
-// (gradres_fused/cpp.py): the forward's backward is the fused *_bwd op, whose own backward is the
-// composite implementation.
+// device's stages. The forward ops' autograd is registered in C++ (autograd.cpp: the fused *_bwd
+// op is their backward); the fake (meta) kernels and the *_bwd ops' autograd (the composite
+// implementation) from Python (gradres_fused/cpp.py, fused_op.py).
 #include <torch/library.h>
 
 #include <string>

@@ -38,7 +38,8 @@ inline void* data_or_null(const Tensor& t) { return t.defined() ? t.data_ptr() :
                       const Tensor& alpha, bool normalize, bool detach, Tensor& g_bar,            \
                       Tensor& alpha_bar, Tensor& x_bar);                                          \
   /* z̄ = ā·φ'(z) [+ d̄·s·φ''(z)]; d = φ'(z)·s; column sums: zbar_colsum[p] = Σ_n z̄,              \
-     s_bar[p] = Σ_n d̄·φ'(z). Second-order outputs (d, s_bar), d̄ input only when !detach. */    \
+     s_bar[p] = Σ_n d̄·φ'(z). Second-order outputs (d, s_bar), d̄ and s inputs only when     \
+     !detach (detach mode passes an undefined s). */                                          \
   static void act_bwd(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar, const Tensor& s, \
                       Act act, bool detach, Tensor& z_bar, Tensor& d, Tensor& zbar_colsum,        \
                       Tensor& s_bar);                                                             \

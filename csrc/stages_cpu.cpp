@@ -170,7 +170,7 @@ void act_bwd_cpu(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar, cons
                  bool detach, Tensor& z_bar, Tensor& d, Tensor& zbar_colsum, Tensor& s_bar) {
   const int64_t rows = z.size(0), P = z.size(1);
   const ActBwdParams p{z.data_ptr(), a_bar.data_ptr(), detach ? nullptr : d_bar.data_ptr(),
-                       s.data_ptr(), z_bar.data_ptr(), detach ? nullptr : d.data_ptr(),
+                       detach ? nullptr : s.data_ptr(), z_bar.data_ptr(), detach ? nullptr : d.data_ptr(),
                        zbar_colsum.data_ptr(), detach ? nullptr : s_bar.data_ptr(), rows, P, A,
                        detach};
   // Column sums, in tiles that depend only on the shape (so results are bit-identical for any

@@ -149,7 +149,8 @@ void act_bwd_tile(const ActBwdParams& p, int64_t row_begin, int64_t row_end, int
   const scalar_t* __restrict ab = static_cast<const scalar_t*>(p.a_bar) + col_begin;
   const scalar_t* __restrict db =
       p.detach ? nullptr : static_cast<const scalar_t*>(p.d_bar) + col_begin;
-  const scalar_t* __restrict sp = static_cast<const scalar_t*>(p.s) + col_begin;
+  const scalar_t* __restrict sp =
+      p.detach ? nullptr : static_cast<const scalar_t*>(p.s) + col_begin;
   scalar_t* __restrict zb = static_cast<scalar_t*>(p.z_bar) + col_begin;
   scalar_t* __restrict dp = p.detach ? nullptr : static_cast<scalar_t*>(p.d) + col_begin;
   acc_t block[2 * kActBwdColBlock];

@@ -1,7 +1,8 @@
 """The `cpp` backend: the C++/CUDA custom ops gradres_fused::{mlp,conv}_{fwd,bwd} (csrc/).
 
-This module registers the ops' fake kernels and autograd (gradres_fused.fused_op: the forward's
-backward is the fused `*_bwd` op, whose own backward is the composite implementation).
+This module registers the ops' fake kernels and the backward op's autograd (gradres_fused.fused_op:
+its backward is the composite implementation); the library registers the forward's autograd
+itself, in C++ (csrc/autograd.cpp: the fused `*_bwd` op is its backward).
 """
 from __future__ import annotations
 
@@ -55,22 +56,14 @@ def _empty_like_x(x: torch.Tensor) -> torch.Tensor:
     return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_sample_format(x))
 
 
-def _work_format(family: str, x: torch.Tensor) -> torch.memory_format:
-    """The memory format the block computes in and keeps z, a, ĝ in: a CPU conv block always
-    works in channels_last (oneDNN's fast layout), everything else in _sample_format(x) —
-    csrc/blocks.h's Fam::work_format."""
-    if family == "conv2d" and x.device.type == "cpu":
-        return torch.channels_last
-    return _sample_format(x)
-
-
 def _fake_saved(family: str):
-    """z and a are hidden-shaped, ĝ like x, all three in the block's working format; r one per
-    sample (empty unless normalize) in fused_op.norm_dtype."""
+    """z and a are hidden-shaped, ĝ like x, all three in x's format (the block computes in it:
+    csrc/blocks.h's Fam::work_format); r one per sample (empty unless normalize) in
+    fused_op.norm_dtype."""
     def saved(x, w1, normalize):
         hidden = ((x.shape[0], w1.shape[0]) if family == "mlp"
                   else (x.shape[0], w1.shape[0], *x.shape[2:]))
-        fmt = _work_format(family, x)
+        fmt = _sample_format(x)
 
         def empty(shape):
             return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
@@ -83,7 +76,7 @@ if IMPORT_ERROR is None:
     for _family in ("mlp", "conv2d"):
         fused_op.register(*fused_op.OP_NAMES["cpp", _family], _family,
                           _fake_saved(_family), fake_like_x=_empty_like_x,
-                          fake_like_w=_empty_like_x)
+                          fake_like_w=_empty_like_x, fwd_autograd=False)
 
 
 def gradres_mlp(x, w1, b1, w2, b2, alpha, **options):

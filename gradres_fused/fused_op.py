@@ -57,11 +57,14 @@ def _empty_contiguous_like(x):
 
 def register(fwd_name: str, bwd_name: str, family: str, fake_saved: Callable,
              fake_like_x: Callable = _empty_contiguous_like,
-             fake_like_w: Callable = _empty_contiguous_like) -> None:
+             fake_like_w: Callable = _empty_contiguous_like, fwd_autograd: bool = True) -> None:
     """Fake kernels and autograd for one fwd/bwd pair. `fake_saved(x, w1, normalize)` returns
     empty tensors like the forward's (z, a, ĝ, r); `fake_like_x(x)` an empty tensor laid out like
     the op's y and x̄ (contiguous unless the backend keeps x's memory format); `fake_like_w(w)`
-    one laid out like the op's gradient of weight w (contiguous unless the backend keeps w's)."""
+    one laid out like the op's gradient of weight w (contiguous unless the backend keeps w's).
+    `fwd_autograd=False`: the forward's autograd (the bwd op as its backward, as below) is
+    registered by the backend itself — the cpp library does it in C++ (csrc/autograd.cpp), which
+    costs a fraction of this Python path per call; the bwd op's autograd is registered here."""
     fam = FAMILIES[family]
 
     @torch.library.register_fake(fwd_name)
@@ -93,7 +96,8 @@ def register(fwd_name: str, bwd_name: str, family: str, fake_saved: Callable,
         return (x_bar, w1_bar, b1_bar if ctx.has_bias[0] else None, w2_bar,
                 b2_bar if ctx.has_bias[1] else None, alpha_bar, None, None, None, None)
 
-    torch.library.register_autograd(fwd_name, _fwd_backward, setup_context=_fwd_setup)
+    if fwd_autograd:
+        torch.library.register_autograd(fwd_name, _fwd_backward, setup_context=_fwd_setup)
 
     def _bwd_setup(ctx, inputs, output):
         y_bar, x, w1, b1, w2, alpha, z, a, g_hat, r, activation, normalize, eps, detach = inputs

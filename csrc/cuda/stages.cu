@@ -313,7 +313,7 @@ __global__ void act_bwd_kernel(const T* __restrict__ z, const T* __restrict__ a_
   const int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t chunk = blockIdx.y;
   if (p >= P) return;
-  const A sv = to_acc(s[p]);
+  const A sv = detach ? A(0) : to_acc(s[p]);  // s is read only in second order
   R zs = R(0), ss = R(0);
   const int64_t n_end = (chunk + 1) * chunk_rows < rows ? (chunk + 1) * chunk_rows : rows;
   for (int64_t n = chunk * chunk_rows; n < n_end; ++n) {

@@ -87,7 +87,8 @@ void CudaStages::act_bwd(const Tensor& z, const Tensor& a_bar, const Tensor& d_b
   Tensor scratch = at::empty({cuda::act_bwd_scratch_elems(z.size(0), z.size(1), detach)},
                              z.options().dtype(red_type(z)));
   const ActBwdParams p{z.data_ptr(), a_bar.data_ptr(), detach ? nullptr : data_or_null(d_bar),
-                       s.data_ptr(), z_bar.data_ptr(), detach ? nullptr : data_or_null(d),
+                       detach ? nullptr : s.data_ptr(), z_bar.data_ptr(),
+                       detach ? nullptr : data_or_null(d),
                        zbar_colsum.data_ptr(), detach ? nullptr : data_or_null(s_bar), z.size(0),
                        z.size(1), act, detach};
   GRADRES_CUDA_FLOATS(z, "gradres act_bwd_cuda", [&] {
