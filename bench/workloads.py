@@ -158,8 +158,8 @@ WORKLOADS: Dict[str, Workload] = {w.name: w for w in (
     Workload("edsr_model", _edsr_case,
              {"gpu": (16, 16, 64, 48, 48), "cpu": (2, 16, 64, 32, 32),
               "quick": (1, 2, 16, 16, 16)}, "NxBlocksxCxHxW"),
-    # The same model in the layout oneDNN's CPU convolutions are fastest in (the cpp backend
-    # computes its CPU conv blocks in it whatever the input's layout).
+    # The same model channels_last (model and input, every peer): which layout is faster is the
+    # CPU's matter (oneDNN's channels_last kernels won on an AVX-512 EPYC, lost on an AVX2 one).
     Workload("edsr_model_cl", functools.partial(_edsr_case, channels_last=True),
              {"gpu": (16, 16, 64, 48, 48), "cpu": (2, 16, 64, 32, 32),
               "quick": (1, 2, 16, 16, 16)}, "NxBlocksxCxHxW"),

@@ -61,9 +61,9 @@ inline at::ScalarType norm_dtype(const Tensor& x) { return at::toOpMathType(x.sc
 
 // The memory format of the ops' per-sample outputs y and x̄ (and of a weight's gradient, applied
 // to the weight): channels_last when x is (and is not also contiguous), so a channels_last
-// network stays channels_last without copies; contiguous otherwise. The block may compute in
-// another format (Fam::work_format; z, a, ĝ are kept in that one). gradres_fused/cpp.py's fake
-// kernels follow the same rules.
+// network stays channels_last without copies; contiguous otherwise. The block computes in it too
+// (Fam::work_format; z, a, ĝ are kept in it). gradres_fused/cpp.py's fake kernels follow the same
+// rules.
 inline at::MemoryFormat sample_format(const Tensor& x) {
   return x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)
              ? at::MemoryFormat::ChannelsLast
@@ -72,8 +72,8 @@ inline at::MemoryFormat sample_format(const Tensor& x) {
 
 // `t` dense in `fmt`. A CPU tensor dense in the other of contiguous / channels_last is
 // transposed per sample, (C, H·W) <-> (H·W, C), in tiles on every thread: ATen's strided copy
-// of a 2×64×32×32 tensor takes ~130 µs here, and a contiguous network's CPU conv block makes
-// five of them per step.
+// of a 2×64×32×32 tensor takes ~130-350 µs on the CPUs measured. The blocks only need it for a
+// ȳ (or x, or a weight) that comes in another layout than x's.
 inline Tensor relayout(const Tensor& t, at::MemoryFormat fmt) {
   if (t.is_contiguous(fmt)) return t;
   const bool to_cl = fmt == at::MemoryFormat::ChannelsLast;
@@ -614,7 +614,7 @@ Tensor6 block_bwd(const Tensor& y_bar_, const Tensor& x_, const Tensor& w1_,
     Stages::add_skip_grad(x_bar, y_bar, alpha);
   }
   // x̄ like x, W̄ like W (channels_last weights get channels_last gradients, which autograd
-  // would otherwise copy into their layout), whatever layout the block computed in.
+  // would otherwise copy into their layout).
   return {relayout(x_bar, sample_format(x_)), w1_bar.contiguous(sample_format(w1_)), b1_bar,
           w2_bar.contiguous(sample_format(w2_)), b2_bar, alpha_bar};
 }
