@@ -326,70 +326,43 @@ inline Tensor smap_cpu(const Tensor& w2, int64_t H, int64_t W, at::MemoryFormat 
         for (int64_t u = 0; u < kh; ++u)
           for (int64_t v = 0; v < kw; ++v)
             ws[(c * kh + u) * kw + v] += acc_t(w2p[o * st[0] + c * st[1] + u * st[2] + v * st[3]]);
-    // rows[u, j, c] = Σ_v ws[c, u, v]·Q[v, j]; full[j, c] = Σ_u rows[u, j, c] (the value of every
-    // row i that all kh taps reach). Channel-minor, so that the channels_last map is written
-    // in order.
-    std::vector<acc_t> rows(static_cast<size_t>(kh * W * C)), full(static_cast<size_t>(W * C));
+    // rows[u][j, c] = Σ_v ws[c, u, v]·Q[v, j]; full[j, c] = Σ_u rows[u][j, c] (the value of every
+    // row i that all kh taps reach); each a (j, c) slice of the map in the map's own order (`in`),
+    // so a run of the map is a run of them: an (H, W, C) row i, or a (C, H, W) row (c, i).
+    const FeatureIndex in{C, 1, W, at_.channels_last};
+    const int64_t slice = W * C, run = at_.channels_last ? W * C : W;
+    std::vector<acc_t> rows(static_cast<size_t>(kh * slice)), full(static_cast<size_t>(slice));
     for (int64_t u = 0; u < kh; ++u)
       for (int64_t j = 0; j < W; ++j)
         for (int64_t c = 0; c < C; ++c) {
           acc_t t = 0;
           for (int64_t v = first_tap(j, kw, W); v <= last_tap(j, kw); ++v)
             t += ws[(c * kh + u) * kw + v];
-          rows[(u * W + j) * C + c] = t;
+          rows[u * slice + in(c, 0, j)] = t;
         }
-    for (int64_t j = 0; j < W; ++j)
-      for (int64_t c = 0; c < C; ++c) {
-        acc_t t = 0;
-        for (int64_t u = 0; u < kh; ++u) t += rows[(u * W + j) * C + c];
-        full[j * C + c] = t;
-      }
-    scalar_t* sp = out.data_ptr<scalar_t>();
-    if (!at_.channels_last) {
-      // (C, H, W): per channel the rows' sums transposed to (u, c, j) / (c, j), so each output
-      // row is W contiguous values: the full sum for the rows every tap reaches (most of the
-      // map), a sum over the reaching taps' rows in u order (as above) for the others.
-      std::vector<acc_t> rows_t(rows.size()), full_t(full.size());
-      for (int64_t u = 0; u < kh; ++u)
-        for (int64_t j = 0; j < W; ++j)
-          for (int64_t c = 0; c < C; ++c) rows_t[(u * C + c) * W + j] = rows[(u * W + j) * C + c];
-      for (int64_t j = 0; j < W; ++j)
-        for (int64_t c = 0; c < C; ++c) full_t[c * W + j] = full[j * C + c];
-      at::parallel_for(0, C, 1, [&](int64_t cb, int64_t ce) {
-        std::vector<acc_t> edge(static_cast<size_t>(W));
-        for (int64_t c = cb; c < ce; ++c)
-          for (int64_t i = 0; i < H; ++i) {
-            const int64_t u0 = first_tap(i, kh, H), u1 = last_tap(i, kh);
-            const acc_t* src = full_t.data() + c * W;
-            if (u0 != 0 || u1 != kh - 1) {
-              std::fill(edge.begin(), edge.end(), acc_t(0));
-              for (int64_t u = u0; u <= u1; ++u) {
-                const acc_t* r = rows_t.data() + (u * C + c) * W;
-                for (int64_t j = 0; j < W; ++j) edge[j] += r[j];
-              }
-              src = edge.data();
-            }
-            scalar_t* dst = sp + (c * H + i) * W;
-            for (int64_t j = 0; j < W; ++j) dst[j] = scalar_t(src[j]);
-          }
-      });
-      return;
+    for (int64_t q = 0; q < slice; ++q) {
+      acc_t t = 0;
+      for (int64_t u = 0; u < kh; ++u) t += rows[u * slice + q];
+      full[q] = t;
     }
-    at::parallel_for(0, H, 1, [&](int64_t ib, int64_t ie) {
-      std::vector<acc_t> row(static_cast<size_t>(W * C));  // S[:, i, :] as (j, c)
-      for (int64_t i = ib; i < ie; ++i) {
+    // Run k of the map is row i = k mod H of the slice's part starting at (k / H)·run.
+    scalar_t* sp = out.data_ptr<scalar_t>();
+    at::parallel_for(0, C * H * W / std::max<int64_t>(run, 1), 1, [&](int64_t kb, int64_t ke) {
+      std::vector<acc_t> partial(static_cast<size_t>(run));  // a run not every tap row reaches
+      for (int64_t k = kb; k < ke; ++k) {
+        const int64_t i = k % H, off = (k / H) * run;
         const int64_t u0 = first_tap(i, kh, H), u1 = last_tap(i, kh);
-        const acc_t* src = full.data();
-        if (u0 != 0 || u1 != kh - 1) {  // not every tap row reaches row i
-          std::fill(row.begin(), row.end(), acc_t(0));
+        const acc_t* src = full.data() + off;
+        if (u0 != 0 || u1 != kh - 1) {
+          std::fill(partial.begin(), partial.end(), acc_t(0));
           for (int64_t u = u0; u <= u1; ++u) {
-            const acc_t* r = rows.data() + u * W * C;
-            for (int64_t q = 0; q < W * C; ++q) row[q] += r[q];
+            const acc_t* r = rows.data() + u * slice + off;
+            for (int64_t q = 0; q < run; ++q) partial[q] += r[q];
           }
-          src = row.data();
+          src = partial.data();
         }
-        scalar_t* dst = sp + i * W * C;  // (H, W, C): (j, c) is the map's own order
-        for (int64_t q = 0; q < W * C; ++q) dst[q] = scalar_t(src[q]);
+        scalar_t* dst = sp + k * run;
+        for (int64_t q = 0; q < run; ++q) dst[q] = scalar_t(src[q]);
       }
     });
   });
