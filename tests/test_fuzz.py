@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import gradres_fused as gf
 from gradres_fused import triton_backend
-from conftest import ACTIVATIONS, SEED, assert_parity, leaves, outputs_and_grads
+from conftest import ACTIVATIONS, SEED, alpha_scale, assert_parity, leaves, outputs_and_grads
 
 BACKENDS = [b for b in gf.available_backends("cpu") if b != "reference"]
 SIZES = st.sampled_from([1, 2, 3, 5, 7, 11, 13, 17])
@@ -92,7 +92,7 @@ def _check(backend, case):
     baseline = None
     if dtype != torch.float64:
         baseline, _ = outputs_and_grads(ref, leaves(base, dtype=dtype), proj.to(dtype))
-    assert_parity(got, want, dtype, baseline)
+    assert_parity(got, want, dtype, baseline, alpha_scale=alpha_scale(ref, base, proj))
 
 
 @pytest.fixture
