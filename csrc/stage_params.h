@@ -40,7 +40,7 @@ struct MixFwdParams {
 };
 
 // ᾱ = m(1−m)·Σ ȳ(ĝ − x); second order: ḡ = (mȳ − ĝ(ĝ·mȳ))/r (or mȳ); x̄ += (1 − m)ȳ when
-// x_bar is given.
+// x_bar is given (x̄ = (1 − m)ȳ with set_x_bar).
 struct MixBwdParams {
   const void* y_bar;  // (rows, Q)
   const void* g_hat;  // (rows, Q)
@@ -52,6 +52,7 @@ struct MixBwdParams {
   void* x_bar;        // (rows, Q) or nullptr
   int64_t rows, Q;
   bool normalize, detach;
+  bool set_x_bar;     // write x̄ rather than add to it (CPU only)
 };
 
 // z̄ = ā·φ'(z) [+ d̄·s·φ''(z)], d = φ'(z)·s; column sums zbar_colsum = Σ_rows z̄ and

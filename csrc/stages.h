@@ -32,11 +32,11 @@ inline void* data_or_null(const Tensor& t) { return t.defined() ? t.data_ptr() :
   static void mix_fwd(Tensor& f, const Tensor& bias, Tensor& g, const Tensor& x,                  \
                       const Tensor& alpha, bool normalize, double eps, Tensor& r);                 \
   /* alpha_bar = m(1−m)·Σ ȳ(ĝ − x). Second order (!detach) also writes ḡ = (mȳ − ĝ(ĝ·mȳ))/r     \
-     (or mȳ) into g_bar. With x_bar defined it also adds (1 − m)·ȳ to x_bar in the same pass    \
-     (detach mode runs this stage last, after the x̄ GEMM, so ȳ is read once for both). */       \
+     (or mȳ) into g_bar. With x_bar defined it also adds (1 − m)·ȳ to x_bar in the same pass,   \
+     or with set_x_bar writes it there (so ȳ is read once for both: kSeedsInputGrad). */        \
   static void mix_bwd(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x, const Tensor& r, \
                       const Tensor& alpha, bool normalize, bool detach, Tensor& g_bar,            \
-                      Tensor& alpha_bar, Tensor& x_bar);                                          \
+                      Tensor& alpha_bar, Tensor& x_bar, bool set_x_bar);                          \
   /* z̄ = ā·φ'(z) [+ d̄·s·φ''(z)]; d = φ'(z)·s; column sums: zbar_colsum[p] = Σ_n z̄,              \
      s_bar[p] = Σ_n d̄·φ'(z). Second-order outputs (d, s_bar), d̄ and s inputs only when     \
      !detach (detach mode passes an undefined s). */                                          \
@@ -46,18 +46,24 @@ inline void* data_or_null(const Tensor& t) { return t.defined() ? t.data_ptr() :
   /* out += (1 − m)·ȳ  (x̄'s identity-path term), m = sigmoid(alpha[0]). */                        \
   static void add_skip_grad(Tensor& out, const Tensor& y_bar, const Tensor& alpha);
 
-// kAddsLinearBias: whether the MLP's GEMMs leave their bias to act_fwd / mix_fwd. On CPU, yes:
-// ATen's addmm copies the broadcast bias into the output before the GEMM (a full extra pass),
-// while the stages read and write those rows anyway. On CUDA, no: cuBLASLt adds it in the GEMM's
-// epilogue.
+// kAddsLinearBias: whether the MLP's GEMMs leave their bias to act_fwd / mix_fwd. On neither
+// device now: cuBLASLt adds it in the GEMM's epilogue, and on CPU ATen's addmm, which copies the
+// broadcast bias into the output and runs MKL's sgemm with beta = 1, took less than a beta = 0
+// GEMM (see MLP::gemm) plus act_fwd writing z back.
+// kSeedsInputGrad: whether the MLP's backward has mix_bwd write x̄ = (1 − m)ȳ first (in the pass
+// that reads ȳ for ᾱ) and the x̄ GEMM accumulate into it (beta = 1). On CPU, yes: it saves the
+// second order's add_skip_grad pass and, in both modes, MKL's zeroing of the GEMM output. On CUDA,
+// no: its mix_bwd only adds (the GEMM writes x̄, then the detach-mode pass adds to it).
 struct CpuStages {
-  static constexpr bool kAddsLinearBias = true;
+  static constexpr bool kAddsLinearBias = false;
+  static constexpr bool kSeedsInputGrad = true;
   GRADRES_STAGE_DECLARATIONS
 };
 
 #ifdef WITH_CUDA
 struct CudaStages {
   static constexpr bool kAddsLinearBias = false;
+  static constexpr bool kSeedsInputGrad = false;
   GRADRES_STAGE_DECLARATIONS
 };
 #endif

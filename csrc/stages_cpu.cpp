@@ -148,12 +148,12 @@ void mix_fwd_cpu(Tensor& f, const Tensor& bias, Tensor& g, const Tensor& x, cons
 template <typename scalar_t>
 void mix_bwd_cpu(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x, const Tensor& r,
                  const Tensor& alpha, bool normalize, bool detach, Tensor& g_bar,
-                 Tensor& alpha_bar, Tensor& x_bar) {
+                 Tensor& alpha_bar, Tensor& x_bar, bool set_x_bar) {
   const int64_t rows = y_bar.size(0), Q = y_bar.size(1);
   const MixBwdParams p{y_bar.data_ptr(), g_hat.data_ptr(), x.data_ptr(),
                        (normalize && !detach) ? r.data_ptr() : nullptr, alpha.data_ptr(),
                        detach ? nullptr : g_bar.data_ptr(), alpha_bar.data_ptr(),
-                       data_or_null(x_bar), rows, Q, normalize, detach};
+                       data_or_null(x_bar), rows, Q, normalize, detach, set_x_bar};
   const double m = cpu::mix_weight<scalar_t>(p.alpha);
   const RowChunks chunks(rows, Q, 1);
   std::vector<double> chunk_sum(static_cast<size_t>(chunks.count), 0.0);  // Σ ȳ(ĝ − x) per chunk
@@ -268,11 +268,11 @@ void CpuStages::mix_fwd(Tensor& f, const Tensor& bias, Tensor& g, const Tensor& 
 
 void CpuStages::mix_bwd(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x,
                         const Tensor& r, const Tensor& alpha, bool normalize, bool detach,
-                        Tensor& g_bar, Tensor& alpha_bar, Tensor& x_bar) {
+                        Tensor& g_bar, Tensor& alpha_bar, Tensor& x_bar, bool set_x_bar) {
   RECORD_FUNCTION("gradres::mix_bwd", std::vector<c10::IValue>());
   GRADRES_CPU_FLOATS(y_bar, "gradres mix_bwd", [&] {
     mix_bwd_cpu<scalar_t>(y_bar, g_hat, x, r, alpha, normalize, detach, g_bar, alpha_bar,
-                          x_bar);
+                          x_bar, set_x_bar);
   });
 }
 

@@ -87,7 +87,7 @@ void mix_fwd_rows(const MixFwdParams& p, int64_t begin, int64_t end) {
 }
 
 // Σ over the rows of ȳ·(ĝ − x), in double; second order also writes ḡ, and x̄ += (1 − m)ȳ when
-// x_bar is given.
+// x_bar is given (x̄ = (1 − m)ȳ with set_x_bar).
 template <typename scalar_t>
 double mix_bwd_rows(const MixBwdParams& p, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -103,7 +103,15 @@ double mix_bwd_rows(const MixBwdParams& p, int64_t begin, int64_t end) {
   for (int64_t n = begin; n < end; ++n) {
     const int64_t o = n * Q;
     double row = 0, dot_d = 0;  // Σ ȳ(ĝ − x) and ĝ·ȳ of this row
-    if (xb) {
+    if (xb && p.set_x_bar) {
+#pragma omp simd reduction(+ : row, dot_d)
+      for (int64_t q = 0; q < Q; ++q) {
+        const double y = yb[o + q], g = gh[o + q];
+        row += y * (g - double(xp[o + q]));
+        dot_d += g * y;
+        xb[o + q] = scalar_t(k * acc_t(yb[o + q]));
+      }
+    } else if (xb) {
 #pragma omp simd reduction(+ : row, dot_d)
       for (int64_t q = 0; q < Q; ++q) {
         const double y = yb[o + q], g = gh[o + q];
@@ -137,7 +145,9 @@ double mix_bwd_rows(const MixBwdParams& p, int64_t begin, int64_t end) {
 // z̄ = ā·φ'(z) [+ d̄·s·φ''(z)], d = φ'(z)·s over rows [row_begin, row_end) × columns
 // [col_begin, col_end) (at most kActBwdColBlock of them); the tile's column sums Σz̄ (then
 // Σd̄·φ'(z)) are added into sums[0, w) (then sums[w, 2w)), w = col_end − col_begin: row_grain(P)
-// rows at a time summed in acc_t (the loop's type, so it vectorizes), then added in double.
+// rows at a time summed in acc_t (the loop's type, so it vectorizes), then added in double; rows
+// of 32768 columns or more (grain 1) straight in double, which gives the same bits without the
+// per-row fill and add-out of a one-row partial (3 passes over the tile's sums per row).
 template <typename scalar_t, Act A>
 void act_bwd_tile(const ActBwdParams& p, int64_t row_begin, int64_t row_end, int64_t col_begin,
                   int64_t col_end, double* sums) {
@@ -153,35 +163,40 @@ void act_bwd_tile(const ActBwdParams& p, int64_t row_begin, int64_t row_end, int
       p.detach ? nullptr : static_cast<const scalar_t*>(p.s) + col_begin;
   scalar_t* __restrict zb = static_cast<scalar_t*>(p.z_bar) + col_begin;
   scalar_t* __restrict dp = p.detach ? nullptr : static_cast<scalar_t*>(p.d) + col_begin;
+  // One row's z̄ (and d), its column sums added into zc (and sc): acc_t partials or doubles.
+  const auto row = [&](int64_t n, auto* __restrict zc, auto* __restrict sc) {
+    using sum_t = std::decay_t<decltype(zc[0])>;
+    const int64_t o = n * P;
+    if (p.detach) {
+#pragma omp simd
+      for (int64_t q = 0; q < w; ++q) {
+        const acc_t zbar = acc_t(ab[o + q]) * Ops::d1(acc_t(zp[o + q]));
+        zb[o + q] = scalar_t(zbar);
+        zc[q] += sum_t(zbar);
+      }
+      return;
+    }
+#pragma omp simd
+    for (int64_t q = 0; q < w; ++q) {
+      const acc_t v = zp[o + q];
+      const acc_t d1 = Ops::d1(v), dbar = db[o + q], sv = sp[q];
+      acc_t zbar = acc_t(ab[o + q]) * d1;
+      if (!Ops::kD2IsZero) zbar += dbar * sv * Ops::d2(v);
+      zb[o + q] = scalar_t(zbar);
+      dp[o + q] = scalar_t(d1 * sv);
+      zc[q] += sum_t(zbar);
+      sc[q] += sum_t(dbar * d1);
+    }
+  };
+  if (grain == 1) {  // wide rows (conv): straight into the doubles (what 1-row partials give)
+    for (int64_t n = row_begin; n < row_end; ++n) row(n, sums, sums + w);
+    return;
+  }
   acc_t block[2 * kActBwdColBlock];
-  acc_t* __restrict zc = block;
-  acc_t* __restrict sc = block + w;
   for (int64_t b = row_begin; b < row_end; b += grain) {
     std::fill(block, block + nsum * w, acc_t(0));
     const int64_t block_end = std::min(b + grain, row_end);
-    for (int64_t n = b; n < block_end; ++n) {
-      const int64_t o = n * P;
-      if (p.detach) {
-#pragma omp simd
-        for (int64_t q = 0; q < w; ++q) {
-          const acc_t zbar = acc_t(ab[o + q]) * Ops::d1(acc_t(zp[o + q]));
-          zb[o + q] = scalar_t(zbar);
-          zc[q] += zbar;
-        }
-        continue;
-      }
-#pragma omp simd
-      for (int64_t q = 0; q < w; ++q) {
-        const acc_t v = zp[o + q];
-        const acc_t d1 = Ops::d1(v), dbar = db[o + q], sv = sp[q];
-        acc_t zbar = acc_t(ab[o + q]) * d1;
-        if (!Ops::kD2IsZero) zbar += dbar * sv * Ops::d2(v);
-        zb[o + q] = scalar_t(zbar);
-        dp[o + q] = scalar_t(d1 * sv);
-        zc[q] += zbar;
-        sc[q] += dbar * d1;
-      }
-    }
+    for (int64_t n = b; n < block_end; ++n) row(n, block, block + w);
     for (int64_t i = 0; i < nsum * w; ++i) sums[i] += double(block[i]);
   }
 }

@@ -226,16 +226,20 @@ def test_reductions_are_bit_identical_for_any_thread_count(detach, dtype):
         assert torch.equal(res[5], results[0][5])  # ᾱ
 
 
-def test_conv_column_sums_are_bit_identical_for_any_thread_count():
-    """Wide rows (conv: C·H·W columns) take the column-tiled path of the column sums: b̄1 and ᾱ
-    must not depend on the thread count either. 1×1 identity kernels keep the convs exact. (W̄1,
-    W̄2 and b̄2 come from oneDNN's weight-gradient convolutions, whose own reductions are not
-    fixed across thread counts.)"""
-    x = torch.randn(3, 8, 40, 40)
-    eye = torch.eye(8).view(8, 8, 1, 1)
+@pytest.mark.parametrize("shape", [(3, 8, 40, 40), (2, 16, 48, 48)],
+                         ids=["12800_columns", "36864_columns"])
+def test_conv_column_sums_are_bit_identical_for_any_thread_count(shape):
+    """Wide rows (conv: C·H·W columns) take the column-tiled path of the column sums (from 32768
+    columns on, summed straight in double), and b̄1's per-channel sums split the channels over
+    the threads: b̄1 and ᾱ must not depend on the thread count either. 1×1 identity kernels keep
+    the convs exact. (W̄1, W̄2 and b̄2 come from oneDNN's weight-gradient convolutions, whose own
+    reductions are not fixed across thread counts.)"""
+    x = torch.randn(*shape)
+    c = shape[1]
+    eye = torch.eye(c).view(c, c, 1, 1)
     args = ("tanh", True, 1e-6, False)
     alpha = torch.tensor([0.3])
-    _, z, a, g_hat, r = ops.conv_fwd(x, eye, torch.randn(8), eye, None, alpha, *args)
+    _, z, a, g_hat, r = ops.conv_fwd(x, eye, torch.randn(c), eye, None, alpha, *args)
     y_bar = torch.randn_like(x)
     results = _at_thread_counts(
         lambda: ops.conv_bwd(y_bar, x, eye, None, eye, alpha, z, a, g_hat, r, *args))

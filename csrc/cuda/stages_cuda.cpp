@@ -63,15 +63,16 @@ void CudaStages::mix_fwd(Tensor& f, const Tensor& bias, Tensor& g, const Tensor&
 
 void CudaStages::mix_bwd(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x,
                          const Tensor& r, const Tensor& alpha, bool normalize, bool detach,
-                         Tensor& g_bar, Tensor& alpha_bar, Tensor& x_bar) {
+                         Tensor& g_bar, Tensor& alpha_bar, Tensor& x_bar, bool set_x_bar) {
   RECORD_FUNCTION("gradres::mix_bwd", std::vector<c10::IValue>());
+  TORCH_INTERNAL_ASSERT(!set_x_bar, "CUDA mix_bwd only adds to x_bar (kSeedsInputGrad)");
   c10::cuda::CUDAGuard device_guard(y_bar.device());
   Tensor scratch = at::empty({cuda::row_scratch_elems(y_bar.size(0), y_bar.size(1))},
                              y_bar.options().dtype(red_type(y_bar)));
   const MixBwdParams p{y_bar.data_ptr(), g_hat.data_ptr(), x.data_ptr(),
                        (normalize && !detach) ? r.data_ptr() : nullptr, alpha.data_ptr(),
                        detach ? nullptr : g_bar.data_ptr(), alpha_bar.data_ptr(), data_or_null(x_bar),
-                       y_bar.size(0), y_bar.size(1), normalize, detach};
+                       y_bar.size(0), y_bar.size(1), normalize, detach, false};
   GRADRES_CUDA_FLOATS(y_bar, "gradres mix_bwd_cuda", [&] {
     cuda::mix_bwd<typename CudaType<scalar_t>::type>(p, scratch.data_ptr(),
                                                      c10::cuda::getCurrentCUDAStream());
