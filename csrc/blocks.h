@@ -340,13 +340,23 @@ inline Tensor smap_cpu(const Tensor& w2, int64_t H, int64_t W, at::MemoryFormat 
     std::vector<acc_t> ws(static_cast<size_t>(C * kh * kw), acc_t(0));
     const scalar_t* w2p = w2.data_ptr<scalar_t>();
     const auto st = w2.strides();
-    if (w2.is_contiguous()) {  // one run of C·kh·kw per o: a loop that vectorizes, same sums
-      const int64_t K = C * kh * kw;
-      acc_t* __restrict wsp = ws.data();
+    // Contiguous and channels_last kernels hold one run of C·kh·kw per o ((c, u, v) and
+    // (u, v, c) order): a loop that vectorizes sums them, the same sums either way.
+    const int64_t K = C * kh * kw;
+    const auto sum_runs = [&](acc_t* __restrict dst) {
       for (int64_t o = 0; o < O; ++o) {
         const scalar_t* __restrict src = w2p + o * K;
-        for (int64_t i = 0; i < K; ++i) wsp[i] += acc_t(src[i]);
+        for (int64_t i = 0; i < K; ++i) dst[i] += acc_t(src[i]);
       }
+    };
+    if (w2.is_contiguous()) {
+      sum_runs(ws.data());
+    } else if (w2.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+      std::vector<acc_t> wcl(static_cast<size_t>(K), acc_t(0));
+      sum_runs(wcl.data());
+      for (int64_t u = 0; u < kh; ++u)
+        for (int64_t v = 0; v < kw; ++v)
+          for (int64_t c = 0; c < C; ++c) ws[(c * kh + u) * kw + v] = wcl[(u * kw + v) * C + c];
     } else {
       for (int64_t o = 0; o < O; ++o)
         for (int64_t c = 0; c < C; ++c)

@@ -7,23 +7,35 @@
 #include <torch/library.h>
 
 #include <string>
+#include <vector>
 
 // The forward returns y and the intermediates its backward reads (z, a, ĝ, r); `detach` only
 // selects that backward. The backward takes b1 and eps although its kernels do not read them: its own
 // (composite) backward recomputes z = L1(x) + b1 and r from them.
+//
+// Tagged flexible_layout: the kernels take inputs of any strides (they lay them out themselves, a
+// conv block in x's memory format) and the fake kernels report the layouts the kernels return, so
+// Inductor may pass tensors in whatever layout its graph has. Untagged, it pins a custom op's
+// inputs to the strides seen while tracing: under its CPU layout optimization (every graph with a
+// convolution runs channels_last) each conv block of a contiguous model then paid transposes of
+// x, y, z, a and ĝ to and from channels_last, and a compiled 16-block EDSR step took 1.25×
+// plain instead of eager's 1.17× (1.04× tagged; AVX-512 EPYC, 2 cores).
 TORCH_LIBRARY(gradres_fused, m) {
+  const std::vector<at::Tag> tags = {at::Tag::flexible_layout};
   for (const char* fam : {"mlp", "conv"}) {
     m.def((std::string(fam) +
           "_fwd(Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor alpha, "
           "str activation, bool normalize, float eps, bool detach) "
           "-> (Tensor, Tensor, Tensor, Tensor, Tensor)")
-              .c_str());
+              .c_str(),
+          tags);
     m.def((std::string(fam) +
           "_bwd(Tensor y_bar, Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor alpha, "
           "Tensor z, Tensor a, Tensor g_hat, Tensor r, str activation, bool normalize, "
           "float eps, "
           "bool detach) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
-              .c_str());
+              .c_str(),
+          tags);
   }
 }
 

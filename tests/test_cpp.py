@@ -146,6 +146,20 @@ def test_conv_keeps_the_layout_of_x(layout, detach, device):
                           test_utils=("test_schema", "test_faketensor"))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_conv_smap_reads_a_channels_last_w2_with_the_same_bits(dtype):
+    """The S-map sums W2 over its output channels straight from W2's memory: a channels_last W2
+    (its own vectorized loop) gives the bits a contiguous one does, so y and ĝ are identical (the
+    convolutions see W2 in x's layout either way)."""
+    x, w1, b1, w2, b2, alpha = _detached(conv_inputs(2, 24, 40, 9, 7, k2=5, dtype=dtype))
+    w2_cl = w2.contiguous(memory_format=torch.channels_last)
+    assert not w2_cl.is_contiguous()
+    for detach in (True, False):
+        want = ops.conv_fwd(x, w1, b1, w2, b2, alpha, "gelu", True, 1e-6, detach)
+        got = ops.conv_fwd(x, w1, b1, w2_cl, b2, alpha, "gelu", True, 1e-6, detach)
+        assert all(torch.equal(g, w) for g, w in zip(got, want))
+
+
 def test_conv_empty_batch_gradients_are_zero():
     x, w1, b1, w2, b2, alpha = conv_inputs(0, 2, 3, 5, 3)
     y = gf.gradres_conv2d(x, w1, b1, w2, b2, alpha, backend="cpp", detach=False)
@@ -389,6 +403,21 @@ def test_torch_compile_fullgraph_traces_the_ops():
                                 gf.GradResMLP(6, 8, detach=False, backend="cpp"))
     assert_compiled_matches_eager(model, torch.randn(5, 6))
 
+
+
+def test_compiled_conv_blocks_take_the_layout_inductor_chooses():
+    """The ops are tagged flexible_layout (csrc/ops.cpp): Inductor, which runs a CPU graph with
+    convolutions channels_last, hands a contiguous model's conv blocks channels_last tensors
+    instead of transposing them around each op; the compiled model matches eager."""
+    for name in ("mlp_fwd", "mlp_bwd", "conv_fwd", "conv_bwd"):
+        assert torch.Tag.flexible_layout in getattr(ops, name).default.tags, name
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 6, 3, padding=1),
+        gf.GradResConv2d(6, 4, activation="silu", alpha_init=0.3, backend="cpp"),
+        gf.GradResConv2d(6, 4, activation="tanh", alpha_init=-0.2, detach=False, backend="cpp"),
+        torch.nn.Conv2d(6, 3, 3, padding=1))
+    assert_compiled_matches_eager(model, torch.randn(2, 3, 9, 7))
 
 # ---- CUDA (skipped without a GPU and a CUDA build) ------------------------------------------------
 
