@@ -49,7 +49,7 @@ inline void* data_or_null(const Tensor& t) { return t.defined() ? t.data_ptr() :
 // kAddsLinearBias: whether the MLP's GEMMs leave their bias to act_fwd / mix_fwd. On neither
 // device now: cuBLASLt adds it in the GEMM's epilogue, and on CPU ATen's addmm, which copies the
 // broadcast bias into the output and runs MKL's sgemm with beta = 1, took less than a beta = 0
-// GEMM (see MLP::gemm) plus act_fwd writing z back.
+// GEMM (see mlp_gemm in blocks.h) plus act_fwd writing z back.
 // kSeedsInputGrad: whether the MLP's backward has mix_bwd write x̄ = (1 − m)ȳ first (in the pass
 // that reads ȳ for ᾱ) and the x̄ GEMM accumulate into it (beta = 1). On CPU, yes: it saves the
 // second order's add_skip_grad pass and, in both modes, MKL's zeroing of the GEMM output. On CUDA,

@@ -404,7 +404,6 @@ def test_torch_compile_fullgraph_traces_the_ops():
     assert_compiled_matches_eager(model, torch.randn(5, 6))
 
 
-
 def test_compiled_conv_blocks_take_the_layout_inductor_chooses():
     """The ops are tagged flexible_layout (csrc/ops.cpp): Inductor, which runs a CPU graph with
     convolutions channels_last, hands a contiguous model's conv blocks channels_last tensors
@@ -418,6 +417,7 @@ def test_compiled_conv_blocks_take_the_layout_inductor_chooses():
         gf.GradResConv2d(6, 4, activation="tanh", alpha_init=-0.2, detach=False, backend="cpp"),
         torch.nn.Conv2d(6, 3, 3, padding=1))
     assert_compiled_matches_eager(model, torch.randn(2, 3, 9, 7))
+
 
 # ---- CUDA (skipped without a GPU and a CUDA build) ------------------------------------------------
 
