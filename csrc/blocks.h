@@ -210,8 +210,6 @@ inline Tensor mlp_gemm(const Tensor& t, const Tensor& m, const c10::optional<Ten
 
 // MLP: x (N, D), w1 (H, D), w2 (D, H) in the nn.Linear convention; s = W2ᵀ1.
 struct MLP {
-  // A bias is one value per column of rows_view(lin(...)): a fused stage can add it.
-  static constexpr bool kBiasPerColumn = true;
   // lin_grads_into can accumulate t̄ into a tensor that holds x̄'s skip term already.
   static constexpr bool kAccumulatesInputGrad = true;
   static void check(const Tensor& x, const Tensor& w1, const Tensor& w2) {
@@ -486,7 +484,6 @@ inline void check_conv_shapes(const Tensor& x, const Tensor& w1, const Tensor& w
 }
 
 struct Conv {
-  static constexpr bool kBiasPerColumn = false;  // per channel; the convolution adds it
   // convolution_backward writes its input gradient: the skip term is added after it.
   static constexpr bool kAccumulatesInputGrad = false;
   static void check(const Tensor& x, const Tensor& w1, const Tensor& w2) {
@@ -572,25 +569,17 @@ Tensor5 block_fwd(const Tensor& x_, const Tensor& w1_, const c10::optional<Tenso
   const Act act = parse_act(activation);
   const at::MemoryFormat fmt = Fam::work_format(x_);
   const Tensor x = relayout(x_, fmt), w1 = Fam::weight(w1_, fmt), w2 = Fam::weight(w2_, fmt);
-  // Where the device's stages add the GEMMs' biases (Stages::kAddsLinearBias), the GEMMs run
-  // without them and act_fwd / mix_fwd add them in the passes they make anyway.
-  constexpr bool stage_bias = Stages::kAddsLinearBias && Fam::kBiasPerColumn;
-  const auto gemm_bias = [](const c10::optional<Tensor>& b) {
-    return stage_bias ? c10::optional<Tensor>() : b;
-  };
-  const auto pass_bias = [](const c10::optional<Tensor>& b) {
-    return stage_bias && b ? b->contiguous() : Tensor();
-  };
-  Tensor z = Fam::lin(x, w1, gemm_bias(b1), fmt);
+  // The GEMMs / convolutions add the biases (stages.h says why).
+  const Tensor z = Fam::lin(x, w1, b1, fmt);
   const Tensor s = Fam::smap(w2_, z, fmt);
   Tensor a = at::empty_like(z, z.options(), fmt), d = at::empty_like(z, z.options(), fmt);
-  Tensor zv = rows_view(z, fmt), av = rows_view(a, fmt), dv = rows_view(d, fmt);
-  Stages::act_fwd(zv, pass_bias(b1), s, act, av, dv);
-  Tensor y = Fam::lin(a, w2, gemm_bias(b2), fmt);  // F; becomes y in place
-  Tensor g = Fam::adjoint(d, w1, fmt);              // g; becomes ĝ in place
+  Tensor av = rows_view(a, fmt), dv = rows_view(d, fmt);
+  Stages::act_fwd(rows_view(z, fmt), s, act, av, dv);
+  Tensor y = Fam::lin(a, w2, b2, fmt);  // F; becomes y in place
+  Tensor g = Fam::adjoint(d, w1, fmt);  // g; becomes ĝ in place
   Tensor r = empty_r(x, normalize);
   Tensor yv = rows_view(y, fmt), gv = rows_view(g, fmt);
-  Stages::mix_fwd(yv, pass_bias(b2), gv, rows_view(x, fmt), alpha, normalize, eps, r);
+  Stages::mix_fwd(yv, gv, rows_view(x, fmt), alpha, normalize, eps, r);
   return {relayout(y, sample_format(x_)), z, a, g, r};
 }
 

@@ -15,10 +15,9 @@
 
 namespace gradres {
 
-// z ← z + bias (when given); a = φ(z), d = φ'(z)·s.
+// a = φ(z), d = φ'(z)·s.
 struct ActFwdParams {
-  void* z;            // (rows, P)
-  const void* bias;   // (P,) or nullptr
+  const void* z;      // (rows, P)
   const void* s;      // (P,) s = ∂ΣF/∂a
   void* a;            // (rows, P)
   void* d;            // (rows, P)
@@ -26,10 +25,9 @@ struct ActFwdParams {
   Act act;
 };
 
-// Per row: r = sqrt(Σg² + eps²), g ← g/r (normalize); f ← f [+ bias] + (1−m)x + m·ĝ (= y).
+// Per row: r = sqrt(Σg² + eps²), g ← g/r (normalize); f ← f + (1−m)x + m·ĝ (= y).
 struct MixFwdParams {
-  void* f;            // (rows, Q) in: F; out: y
-  const void* bias;   // (Q,) or nullptr
+  void* f;            // (rows, Q) in: F (with its bias); out: y
   void* g;            // (rows, Q) in: g; out: ĝ
   const void* x;      // (rows, Q)
   const void* alpha;  // (1,)

@@ -22,15 +22,14 @@ inline void* data_or_null(const Tensor& t) { return t.defined() ? t.data_ptr() :
 
 // The stage signatures, spelled once for both devices' structs.
 #define GRADRES_STAGE_DECLARATIONS                                                                \
-  /* z ← z + bias[p] (when bias is defined), a = φ(z), d = φ'(z)·s[p]                           \
-     z, a, d: (rows, P); s, bias: (P,) */                                                         \
-  static void act_fwd(Tensor& z, const Tensor& bias, const Tensor& s, Act act, Tensor& a,         \
-                      Tensor& d);                                                                 \
-  /* Per row n: r[n] = sqrt(Σ_q g² + eps²), g ← g/r (when normalize), f ← f [+ bias] + (1−m)·x   \
-     + m·ĝ (= y). f, g, x: (rows, Q); bias: (Q,) or undefined; r: (rows,) in the accumulation    \
-     type (unused when !normalize); m = sigmoid(alpha[0]). */                                      \
-  static void mix_fwd(Tensor& f, const Tensor& bias, Tensor& g, const Tensor& x,                  \
-                      const Tensor& alpha, bool normalize, double eps, Tensor& r);                 \
+  /* a = φ(z), d = φ'(z)·s[p]  (z already holds its bias: the GEMM or convolution adds it)      \
+     z, a, d: (rows, P); s: (P,) */                                                               \
+  static void act_fwd(const Tensor& z, const Tensor& s, Act act, Tensor& a, Tensor& d);           \
+  /* Per row n: r[n] = sqrt(Σ_q g² + eps²), g ← g/r (when normalize), f ← f + (1−m)·x + m·ĝ     \
+     (= y; f holds F with its bias). f, g, x: (rows, Q); r: (rows,) in the accumulation type     \
+     (unused when !normalize); m = sigmoid(alpha[0]). */                                          \
+  static void mix_fwd(Tensor& f, Tensor& g, const Tensor& x, const Tensor& alpha, bool normalize, \
+                      double eps, Tensor& r);                                                     \
   /* alpha_bar = m(1−m)·Σ ȳ(ĝ − x). Second order (!detach) also writes ḡ = (mȳ − ĝ(ĝ·mȳ))/r     \
      (or mȳ) into g_bar. With x_bar defined it also adds (1 − m)·ȳ to x_bar in the same pass,   \
      or with set_x_bar writes it there (so ȳ is read once for both: kSeedsInputGrad). */        \
@@ -46,23 +45,21 @@ inline void* data_or_null(const Tensor& t) { return t.defined() ? t.data_ptr() :
   /* out += (1 − m)·ȳ  (x̄'s identity-path term), m = sigmoid(alpha[0]). */                        \
   static void add_skip_grad(Tensor& out, const Tensor& y_bar, const Tensor& alpha);
 
-// kAddsLinearBias: whether the MLP's GEMMs leave their bias to act_fwd / mix_fwd. On neither
-// device now: cuBLASLt adds it in the GEMM's epilogue, and on CPU ATen's addmm, which copies the
-// broadcast bias into the output and runs MKL's sgemm with beta = 1, took less than a beta = 0
-// GEMM (see mlp_gemm in blocks.h) plus act_fwd writing z back.
+// The GEMMs and convolutions add their own biases on both devices, so the stages never do:
+// cuBLASLt adds it in the GEMM's epilogue, and on CPU ATen's addmm, which copies the broadcast
+// bias into the output and runs MKL's sgemm with beta = 1, took less than a beta = 0 GEMM (see
+// mlp_gemm in blocks.h) plus act_fwd adding the bias and writing z back.
 // kSeedsInputGrad: whether the MLP's backward has mix_bwd write x̄ = (1 − m)ȳ first (in the pass
 // that reads ȳ for ᾱ) and the x̄ GEMM accumulate into it (beta = 1). On CPU, yes: it saves the
 // second order's add_skip_grad pass and, in both modes, MKL's zeroing of the GEMM output. On CUDA,
 // no: its mix_bwd only adds (the GEMM writes x̄, then the detach-mode pass adds to it).
 struct CpuStages {
-  static constexpr bool kAddsLinearBias = false;
   static constexpr bool kSeedsInputGrad = true;
   GRADRES_STAGE_DECLARATIONS
 };
 
 #ifdef WITH_CUDA
 struct CudaStages {
-  static constexpr bool kAddsLinearBias = false;
   static constexpr bool kSeedsInputGrad = false;
   GRADRES_STAGE_DECLARATIONS
 };

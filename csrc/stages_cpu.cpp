@@ -126,21 +126,19 @@ void run_act_bwd(const ActBwdParams& p, int64_t rb, int64_t re, int64_t cb, int6
 }
 
 template <typename scalar_t, Act A>
-void act_fwd_cpu(Tensor& z, const Tensor& bias, const Tensor& s, Tensor& a, Tensor& d) {
+void act_fwd_cpu(const Tensor& z, const Tensor& s, Tensor& a, Tensor& d) {
   const int64_t rows = z.size(0), P = z.size(1);
-  const ActFwdParams p{z.data_ptr(), data_or_null(bias), s.data_ptr(), a.data_ptr(),
-                       d.data_ptr(), rows, P, A};
+  const ActFwdParams p{z.data_ptr(), s.data_ptr(), a.data_ptr(), d.data_ptr(), rows, P, A};
   at::parallel_for(0, rows, row_grain(P),
                    [&](int64_t b, int64_t e) { run_act_fwd<scalar_t, A>(p, b, e); });
 }
 
 template <typename scalar_t>
-void mix_fwd_cpu(Tensor& f, const Tensor& bias, Tensor& g, const Tensor& x, const Tensor& alpha,
-                 bool normalize, double eps, Tensor& r) {
+void mix_fwd_cpu(Tensor& f, Tensor& g, const Tensor& x, const Tensor& alpha, bool normalize,
+                 double eps, Tensor& r) {
   const int64_t rows = f.size(0), Q = f.size(1);
-  const MixFwdParams p{f.data_ptr(), data_or_null(bias), g.data_ptr(), x.data_ptr(),
-                       alpha.data_ptr(), normalize ? r.data_ptr() : nullptr, rows, Q, eps,
-                       normalize};
+  const MixFwdParams p{f.data_ptr(), g.data_ptr(), x.data_ptr(), alpha.data_ptr(),
+                       normalize ? r.data_ptr() : nullptr, rows, Q, eps, normalize};
   at::parallel_for(0, rows, row_grain(Q),
                    [&](int64_t b, int64_t e) { run_mix_fwd<scalar_t>(p, b, e); });
 }
@@ -250,19 +248,18 @@ void add_skip_grad_cpu(Tensor& out, const Tensor& y_bar, const Tensor& alpha) {
 #define GRADRES_CPU_FLOATS(t, name, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), name, __VA_ARGS__)
 
-void CpuStages::act_fwd(Tensor& z, const Tensor& bias, const Tensor& s, Act act, Tensor& a,
-                        Tensor& d) {
+void CpuStages::act_fwd(const Tensor& z, const Tensor& s, Act act, Tensor& a, Tensor& d) {
   RECORD_FUNCTION("gradres::act_fwd", std::vector<c10::IValue>());
   GRADRES_CPU_FLOATS(z, "gradres act_fwd", [&] {
-    GRADRES_DISPATCH_ACT(act, [&] { act_fwd_cpu<scalar_t, A>(z, bias, s, a, d); });
+    GRADRES_DISPATCH_ACT(act, [&] { act_fwd_cpu<scalar_t, A>(z, s, a, d); });
   });
 }
 
-void CpuStages::mix_fwd(Tensor& f, const Tensor& bias, Tensor& g, const Tensor& x,
-                        const Tensor& alpha, bool normalize, double eps, Tensor& r) {
+void CpuStages::mix_fwd(Tensor& f, Tensor& g, const Tensor& x, const Tensor& alpha,
+                        bool normalize, double eps, Tensor& r) {
   RECORD_FUNCTION("gradres::mix_fwd", std::vector<c10::IValue>());
   GRADRES_CPU_FLOATS(f, "gradres mix_fwd", [&] {
-    mix_fwd_cpu<scalar_t>(f, bias, g, x, alpha, normalize, eps, r);
+    mix_fwd_cpu<scalar_t>(f, g, x, alpha, normalize, eps, r);
   });
 }
 

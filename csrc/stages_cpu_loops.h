@@ -13,31 +13,19 @@ void act_fwd_rows(const ActFwdParams& p, int64_t begin, int64_t end) {
   using Ops = ActOps<A>;
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t P = p.P;
-  scalar_t* __restrict zp = static_cast<scalar_t*>(p.z);
-  const scalar_t* __restrict bp = static_cast<const scalar_t*>(p.bias);
+  const scalar_t* __restrict zp = static_cast<const scalar_t*>(p.z);
   const scalar_t* __restrict sp = static_cast<const scalar_t*>(p.s);
   scalar_t* __restrict ap = static_cast<scalar_t*>(p.a);
   scalar_t* __restrict dp = static_cast<scalar_t*>(p.d);
   for (int64_t n = begin; n < end; ++n) {
-    scalar_t* __restrict zr = zp + n * P;
+    const scalar_t* __restrict zr = zp + n * P;
     scalar_t* __restrict ar = ap + n * P;
     scalar_t* __restrict dr = dp + n * P;
-    if (bp) {
 #pragma omp simd
-      for (int64_t q = 0; q < P; ++q) {
-        const scalar_t zs = scalar_t(acc_t(zr[q]) + acc_t(bp[q]));  // z as stored
-        zr[q] = zs;
-        const acc_t v = zs;
-        ar[q] = scalar_t(Ops::f(v));
-        dr[q] = scalar_t(Ops::d1(v) * acc_t(sp[q]));
-      }
-    } else {
-#pragma omp simd
-      for (int64_t q = 0; q < P; ++q) {
-        const acc_t v = zr[q];
-        ar[q] = scalar_t(Ops::f(v));
-        dr[q] = scalar_t(Ops::d1(v) * acc_t(sp[q]));
-      }
+    for (int64_t q = 0; q < P; ++q) {
+      const acc_t v = zr[q];
+      ar[q] = scalar_t(Ops::f(v));
+      dr[q] = scalar_t(Ops::d1(v) * acc_t(sp[q]));
     }
   }
 }
@@ -49,7 +37,6 @@ void mix_fwd_rows(const MixFwdParams& p, int64_t begin, int64_t end) {
   const acc_t m = acc_t(mix_weight<scalar_t>(p.alpha)), k = acc_t(1) - m;
   const double eps2 = double(acc_t(p.eps) * acc_t(p.eps));
   scalar_t* __restrict fp = static_cast<scalar_t*>(p.f);
-  const scalar_t* __restrict bp = static_cast<const scalar_t*>(p.bias);
   scalar_t* __restrict gp = static_cast<scalar_t*>(p.g);
   const scalar_t* __restrict xp = static_cast<const scalar_t*>(p.x);
   acc_t* __restrict rp = static_cast<acc_t*>(p.r);
@@ -66,22 +53,11 @@ void mix_fwd_rows(const MixFwdParams& p, int64_t begin, int64_t end) {
       rp[n] = rr;
       scale = acc_t(1) / rr;
     }
-    if (bp) {
 #pragma omp simd
-      for (int64_t q = 0; q < Q; ++q) {
-        const acc_t gh = acc_t(gr[q]) * scale;
-        gr[q] = scalar_t(gh);
-        // F is rounded to the dtype with its bias first, as a GEMM with a bias epilogue stores it
-        const acc_t f = acc_t(scalar_t(acc_t(fr[q]) + acc_t(bp[q])));
-        fr[q] = scalar_t(f + k * acc_t(xr[q]) + m * gh);
-      }
-    } else {
-#pragma omp simd
-      for (int64_t q = 0; q < Q; ++q) {
-        const acc_t gh = acc_t(gr[q]) * scale;
-        gr[q] = scalar_t(gh);
-        fr[q] = scalar_t(acc_t(fr[q]) + k * acc_t(xr[q]) + m * gh);
-      }
+    for (int64_t q = 0; q < Q; ++q) {
+      const acc_t gh = acc_t(gr[q]) * scale;
+      gr[q] = scalar_t(gh);
+      fr[q] = scalar_t(acc_t(fr[q]) + k * acc_t(xr[q]) + m * gh);
     }
   }
 }

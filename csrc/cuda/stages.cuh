@@ -25,14 +25,14 @@ template <> struct Red<double> { using type = double; };
 // The launchers: one per stage, reading its parameter struct (../stage_params.h) with T the
 // tensors' element type.
 template <typename T>
-void act_fwd(const ActFwdParams& p, cudaStream_t stream);  // p.bias must be null: GEMMs add it
+void act_fwd(const ActFwdParams& p, cudaStream_t stream);
 
 // Scratch of mix_fwd and mix_bwd: row_scratch_elems(rows, Q) elements of Red<T>::type (partial
 // sums per row or per row segment, added up in a fixed order).
 int64_t row_scratch_elems(int64_t rows, int64_t Q);
 
 template <typename T>
-void mix_fwd(const MixFwdParams& p, void* scratch, cudaStream_t stream);  // p.bias null
+void mix_fwd(const MixFwdParams& p, void* scratch, cudaStream_t stream);
 
 template <typename T>
 void mix_bwd(const MixBwdParams& p, void* scratch, cudaStream_t stream);

@@ -32,27 +32,24 @@ at::ScalarType red_type(const Tensor& t) {
 
 }  // namespace
 
-void CudaStages::act_fwd(Tensor& z, const Tensor& bias, const Tensor& s, Act act, Tensor& a,
-                         Tensor& d) {
+void CudaStages::act_fwd(const Tensor& z, const Tensor& s, Act act, Tensor& a, Tensor& d) {
   RECORD_FUNCTION("gradres::act_fwd", std::vector<c10::IValue>());
-  TORCH_INTERNAL_ASSERT(!bias.defined(), "CUDA GEMMs add their bias (kAddsLinearBias)");
   c10::cuda::CUDAGuard device_guard(z.device());
-  const ActFwdParams p{z.data_ptr(), nullptr, s.data_ptr(), a.data_ptr(), d.data_ptr(),
-                       z.size(0), z.size(1), act};
+  const ActFwdParams p{z.data_ptr(), s.data_ptr(), a.data_ptr(), d.data_ptr(), z.size(0),
+                       z.size(1), act};
   GRADRES_CUDA_FLOATS(z, "gradres act_fwd_cuda", [&] {
     cuda::act_fwd<typename CudaType<scalar_t>::type>(p, c10::cuda::getCurrentCUDAStream());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void CudaStages::mix_fwd(Tensor& f, const Tensor& bias, Tensor& g, const Tensor& x,
-                         const Tensor& alpha, bool normalize, double eps, Tensor& r) {
+void CudaStages::mix_fwd(Tensor& f, Tensor& g, const Tensor& x, const Tensor& alpha,
+                         bool normalize, double eps, Tensor& r) {
   RECORD_FUNCTION("gradres::mix_fwd", std::vector<c10::IValue>());
-  TORCH_INTERNAL_ASSERT(!bias.defined(), "CUDA GEMMs add their bias (kAddsLinearBias)");
   c10::cuda::CUDAGuard device_guard(f.device());
   Tensor scratch = at::empty({cuda::row_scratch_elems(f.size(0), f.size(1))},
                              f.options().dtype(red_type(f)));
-  const MixFwdParams p{f.data_ptr(), nullptr, g.data_ptr(), x.data_ptr(), alpha.data_ptr(),
+  const MixFwdParams p{f.data_ptr(), g.data_ptr(), x.data_ptr(), alpha.data_ptr(),
                        normalize ? r.data_ptr() : nullptr, f.size(0), f.size(1), eps, normalize};
   GRADRES_CUDA_FLOATS(f, "gradres mix_fwd_cuda", [&] {
     cuda::mix_fwd<typename CudaType<scalar_t>::type>(p, scratch.data_ptr(),
