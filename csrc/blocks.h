@@ -613,8 +613,13 @@ Tensor6 block_bwd(const Tensor& y_bar_, const Tensor& x_, const Tensor& w1_,
   const Tensor d_bar = detach ? Tensor() : Fam::lin(g_bar, w1, c10::nullopt, fmt);
   // s only feeds the second-order terms (d, z̄'s φ'' term): detach mode skips the S-map.
   const Tensor s = detach ? Tensor() : Fam::smap(w2_, z, fmt);
-  Tensor z_bar = at::empty_like(z, z.options(), fmt);
-  Tensor d = detach ? Tensor() : at::empty_like(z, z.options(), fmt);
+  // ā and d̄ are fresh results read only by act_bwd: where the stages allow it, z̄ and d take
+  // their buffers (both are dense in fmt, as rows_view checks).
+  const auto out_buffer = [&](const Tensor& in) {
+    return Stages::kActBwdInPlace ? in : at::empty_like(z, z.options(), fmt);
+  };
+  Tensor z_bar = out_buffer(a_bar);
+  Tensor d = detach ? Tensor() : out_buffer(d_bar);
   Tensor zbv = rows_view(z_bar, fmt);
   Tensor dv = detach ? Tensor() : rows_view(d, fmt);
   Tensor zbar_colsum = at::empty({zbv.size(1)}, z.options());

@@ -54,7 +54,8 @@ struct MixBwdParams {
 };
 
 // z̄ = ā·φ'(z) [+ d̄·s·φ''(z)], d = φ'(z)·s; column sums zbar_colsum = Σ_rows z̄ and
-// s_bar = Σ_rows d̄·φ'(z). d̄, d and s_bar in second order only.
+// s_bar = Σ_rows d̄·φ'(z). d̄, d and s_bar in second order only. On CPU z_bar may be a_bar and d
+// may be d_bar (in place, CpuStages::kActBwdInPlace); on CUDA they are distinct buffers.
 struct ActBwdParams {
   const void* z;      // (rows, P)
   const void* a_bar;  // (rows, P)

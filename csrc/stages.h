@@ -53,14 +53,21 @@ inline void* data_or_null(const Tensor& t) { return t.defined() ? t.data_ptr() :
 // that reads ȳ for ᾱ) and the x̄ GEMM accumulate into it (beta = 1). On CPU, yes: it saves the
 // second order's add_skip_grad pass and, in both modes, MKL's zeroing of the GEMM output. On CUDA,
 // no: its mix_bwd only adds (the GEMM writes x̄, then the detach-mode pass adds to it).
+// kActBwdInPlace: whether act_bwd may write z̄ over ā and d over d̄ (each is read once, by
+// act_bwd, at the index it writes). On CPU, yes: the backward then allocates one (detach) or two
+// (second order) hidden-sized buffers fewer, which with glibc's malloc are fresh pages to fault
+// in on every call, and writes lines it has just read. On CUDA, no: its kernel reads ā and d̄
+// through const __restrict__ pointers, which allow non-coherent loads.
 struct CpuStages {
   static constexpr bool kSeedsInputGrad = true;
+  static constexpr bool kActBwdInPlace = true;
   GRADRES_STAGE_DECLARATIONS
 };
 
 #ifdef WITH_CUDA
 struct CudaStages {
   static constexpr bool kSeedsInputGrad = false;
+  static constexpr bool kActBwdInPlace = false;
   GRADRES_STAGE_DECLARATIONS
 };
 #endif

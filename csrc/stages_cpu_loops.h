@@ -132,13 +132,14 @@ void act_bwd_tile(const ActBwdParams& p, int64_t row_begin, int64_t row_end, int
   const int64_t P = p.P, w = col_end - col_begin, nsum = p.detach ? 1 : 2;
   const int64_t grain = row_grain(P);
   const scalar_t* __restrict zp = static_cast<const scalar_t*>(p.z) + col_begin;
-  const scalar_t* __restrict ab = static_cast<const scalar_t*>(p.a_bar) + col_begin;
-  const scalar_t* __restrict db =
-      p.detach ? nullptr : static_cast<const scalar_t*>(p.d_bar) + col_begin;
   const scalar_t* __restrict sp =
       p.detach ? nullptr : static_cast<const scalar_t*>(p.s) + col_begin;
-  scalar_t* __restrict zb = static_cast<scalar_t*>(p.z_bar) + col_begin;
-  scalar_t* __restrict dp = p.detach ? nullptr : static_cast<scalar_t*>(p.d) + col_begin;
+  // z̄ may be ā's buffer and d d̄'s (CpuStages::kActBwdInPlace): those pairs are not __restrict.
+  // Each element is read before it is written, at the same index, so the simd loops stay valid.
+  const scalar_t* ab = static_cast<const scalar_t*>(p.a_bar) + col_begin;
+  const scalar_t* db = p.detach ? nullptr : static_cast<const scalar_t*>(p.d_bar) + col_begin;
+  scalar_t* zb = static_cast<scalar_t*>(p.z_bar) + col_begin;
+  scalar_t* dp = p.detach ? nullptr : static_cast<scalar_t*>(p.d) + col_begin;
   // One row's z̄ (and d), its column sums added into zc (and sc): acc_t partials or doubles.
   const auto row = [&](int64_t n, auto* __restrict zc, auto* __restrict sc) {
     using sum_t = std::decay_t<decltype(zc[0])>;
