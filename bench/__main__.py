@@ -8,7 +8,8 @@ and 20/80% quantiles, ratio over `plain` and over eager `reference`, the largest
 y and every gradient against eager `reference`, memory kept for backward (any device) and peak
 memory (GPU), and on GPU the % of roofline from docs/DESIGN.md §2's GEMM count and the compulsory bytes
 against a matmul and a copy measured in the same run. Peers are timed round-robin so drift hits
-all alike. On GPU the `triton` rows also record `first_call_ms`: the first training step at a batch
+all alike, and a ratio is the median of the per-round ratios (`vs_plain` with its 20/80%
+quantiles, `vs_plain_q20`/`vs_plain_q80`; the markdown shows them as `1.15 (1.10–1.21)`). On GPU the `triton` rows also record `first_call_ms`: the first training step at a batch
 size not seen before (after warm-up), i.e. what the Triton launch policy costs a new batch size.
 
 Writes bench/results/<device>-<YYYYMMDD>.json (or --out), a markdown table and a PNG chart beside it.
@@ -139,8 +140,11 @@ def measure_case(wl, tier, dtype, device, activation, detach, args, ceil,
         new_batch = first_call_new_batch(wl, tier, dtype, device, activation, detach)
         print(f"triton first call at a new batch size {new_batch[0]}: {new_batch[1]:.1f} ms",
               flush=True)
-    base = statistics.median(step[("plain", False)])
-    ref = statistics.median(step[("reference", False)])
+    def paired(k, over):
+        """Quantiles of k's per-round step time over `over`'s in the same round: adjacent in
+        time, the two share the machine's slow drift (another process, frequency, steal), which
+        a ratio of the two medians would not cancel."""
+        return quantiles([a / b for a, b in zip(step[k], step[over])])
     common = {"workload": wl.name, "shape": wl.describe(tier), "tier": tier,
               "dtype": str(dtype).replace("torch.", ""), "activation": activation,
               "mode": "detach" if detach else "second-order", "reps": reps}
@@ -148,16 +152,19 @@ def measure_case(wl, tier, dtype, device, activation, detach, args, ceil,
     for k in list(peers) + list(skipped):
         row = dict(common, backend=k[0], compiled=k[1], fwd_ms=None, fwd_ms_q20=None,
                    fwd_ms_q80=None, step_ms=None, step_ms_q20=None, step_ms_q80=None,
-                   saved_mb=None, peak_mem_mb=None, vs_plain=None, vs_reference=None,
+                   saved_mb=None, peak_mem_mb=None, vs_plain=None, vs_plain_q20=None,
+                   vs_plain_q80=None, vs_reference=None,
                    roofline_pct=None, max_rel_err=None, status=skipped.get(k, "ok"))
         if k in peers:
             fq, sq = quantiles(fwd[k]), quantiles(step[k])
+            vp, vr = paired(k, ("plain", False)), paired(k, ("reference", False))
             flops = (None if case.unit_flops is None
                      else case.unit_flops * step_units(k[0], detach))
             row.update(fwd_ms=fq["median"], fwd_ms_q20=fq["q20"], fwd_ms_q80=fq["q80"],
                        step_ms=sq["median"], step_ms_q20=sq["q20"], step_ms_q80=sq["q80"],
                        saved_mb=mem[k][0], peak_mem_mb=mem[k][1],
-                       vs_plain=sq["median"] / base, vs_reference=sq["median"] / ref,
+                       vs_plain=vp["median"], vs_plain_q20=vp["q20"], vs_plain_q80=vp["q80"],
+                       vs_reference=vr["median"],
                        roofline_pct=(roofline_pct(sq["median"], flops, case.min_bytes, ceil)
                                      if ceil else None),
                        max_rel_err=errs[k])
@@ -223,6 +230,13 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _cell(row: dict, key: str) -> str:
+    """A row's value for the tables; vs_plain with the spread of its per-round ratios."""
+    if key == "vs_plain" and row.get("vs_plain_q20") is not None:
+        return f"{row['vs_plain']:.3f} ({row['vs_plain_q20']:.2f}–{row['vs_plain_q80']:.2f})"
+    return _fmt(row.get(key))
+
+
 def print_row(row: dict, progress: str = "") -> None:
     """One row of the console table, led by the case's place in the run (`progress`, "[i/n]")
     and its shape."""
@@ -230,7 +244,7 @@ def print_row(row: dict, progress: str = "") -> None:
     if not getattr(print_row, "header_done", False):
         print(" | ".join(("case",) + columns))
         print_row.header_done = True
-    print(" | ".join([progress or "-"] + [_fmt(row[k]) for k in columns]), flush=True)
+    print(" | ".join([progress or "-"] + [_cell(row, k) for k in columns]), flush=True)
 
 
 def markdown(result: dict) -> str:
@@ -240,7 +254,7 @@ def markdown(result: dict) -> str:
              f"ceilings: {result['ceilings']}", "",
              f"allocator: {result.get('allocator', 'system default')}", "",
              "| " + " | ".join(("shape",) + HEADER) + " |", "|" + "---|" * (len(HEADER) + 1)]
-    lines += ["| " + " | ".join(_fmt(r[k]) for k in ("shape",) + HEADER) + " |"
+    lines += ["| " + " | ".join(_cell(r, k) for k in ("shape",) + HEADER) + " |"
               for r in result["rows"]]
     return "\n".join(lines) + "\n"
 

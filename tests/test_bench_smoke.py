@@ -10,7 +10,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROW_KEYS = {"workload", "shape", "dtype", "backend", "mode", "fwd_ms", "step_ms", "peak_mem_mb",
-            "vs_plain", "vs_reference", "roofline_pct", "max_rel_err", "status"}
+            "vs_plain", "vs_plain_q20", "vs_plain_q80", "vs_reference", "roofline_pct",
+            "max_rel_err", "status"}
 
 
 @pytest.mark.slow
@@ -37,6 +38,11 @@ def test_bench_quick_writes_schema_and_parity(tmp_path):
         assert r["backend"] in {"plain", "reference", "composite", "cpp", "triton"}
         if r["status"] == "ok":
             assert r["step_ms"] > 0 and r["fwd_ms"] > 0
+            # vs_plain: the median of per-round ratios, inside its own 20/80% quantiles; plain's
+            # rounds over themselves are exactly 1.
+            assert r["vs_plain_q20"] <= r["vs_plain"] <= r["vs_plain_q80"], r
+            if r["backend"] == "plain":
+                assert r["vs_plain"] == r["vs_plain_q20"] == r["vs_plain_q80"] == 1.0, r
             if r["backend"] != "plain":
                 assert r["max_rel_err"] <= 1e-4, r
         else:
