@@ -9,8 +9,9 @@ y and every gradient against eager `reference`, memory kept for backward (any de
 memory (GPU), and on GPU the % of roofline from docs/DESIGN.md §2's GEMM count and the compulsory bytes
 against a matmul and a copy measured in the same run. Peers are timed round-robin so drift hits
 all alike, and a ratio is the median of the per-round ratios (`vs_plain` with its 20/80%
-quantiles, `vs_plain_q20`/`vs_plain_q80`; the markdown shows them as `1.15 (1.10–1.21)`). On GPU the `triton` rows also record `first_call_ms`: the first training step at a batch
-size not seen before (after warm-up), i.e. what the Triton launch policy costs a new batch size.
+quantiles, `vs_plain_q20`/`vs_plain_q80`; the tables show them as `1.15 (1.10–1.21)`). On GPU
+the `triton` rows also record `first_call_ms`: the first training step at a batch size not seen
+before (after warm-up), i.e. what the Triton launch policy costs a new batch size.
 
 Writes bench/results/<device>-<YYYYMMDD>.json (or --out), a markdown table and a PNG chart beside it.
 """
