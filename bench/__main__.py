@@ -22,7 +22,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import statistics
 import sys
 from typing import Dict, List, Optional, Tuple
 
