@@ -234,7 +234,7 @@ def _cell(row: dict, key: str) -> str:
     """A row's value for the tables; vs_plain with the spread of its per-round ratios."""
     if key == "vs_plain" and row.get("vs_plain_q20") is not None:
         return f"{row['vs_plain']:.3f} ({row['vs_plain_q20']:.2f}–{row['vs_plain_q80']:.2f})"
-    return _fmt(row.get(key))
+    return _fmt(row[key])
 
 
 def print_row(row: dict, progress: str = "") -> None:
