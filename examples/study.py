@@ -1,0 +1,452 @@
+"""Where do gradient residuals help? A resumable, staged study of 1-D high-frequency regression.
+
+Every run is one configuration — (target frequency k, activation, model, parameter budget,
+depth, seed, and for the ablations normalize / eps / alpha_init / detach) — fitting
+y = sin(2πkx) on [0, 1] alone. Results are appended, one JSON line per run, to a JSONL file
+keyed by the configuration, so an interrupted or extended study resumes and never redoes a run.
+
+Training (stated once, the same for every run): full-batch Adam, learning rate 1e-3 decayed by a
+cosine to 1e-5 over the run's steps (SIREN: 1e-4 to 1e-6, it diverges at 1e-3), 1,024 evenly
+spaced training points, 1,024 held-out uniform test points (fixed). A model "fits" a target when
+its test MSE is below 1e-2 (the target's variance is 0.5). Convergence rule: a run has
+*plateaued* when its best train MSE over the last quarter of the steps is within 10% of its best
+over the third quarter, or below 1e-5; the report gives the share of plateaued runs per cell, and
+the step budget (6,000) was chosen so that the residual net plateaus on the targets it can fit.
+
+Stages (`--stage`):
+  1  screening: k ∈ {1, 2, 4, 8, 16, 32, 64} × activations relu, tanh, sin, gelu, silu × models
+     plain MLP, residual, gradient residual m = 1, learnable m; ≈17k parameters, depth 4, 2 seeds.
+  2  confirmation on the cells stage 1 selects (the cells where a gradient residual model and the
+     residual net differ by more than their seed spread, and each activation's frontier k where
+     the residual net stops fitting): 5 seeds, ≈17k and ≈130k parameters, depths 4 and 8, plus
+     second order, MGDL, Fourier features and SIREN.
+  3  ablations on up to three of stage 2's cells: normalize on/off, eps, alpha init ∈ {−4, 0, 4},
+     m = 1 vs learnable, detach vs second order.
+Each gradient residual run also records the mechanism diagnostic of its first block, at
+initialization and after training: the number of distinct ĝ directions over the training inputs
+and the mean cosine between ĝ at neighbouring inputs.
+
+    python -m examples.study [--stage 1|2|3] [--quick] [--workers 2] [--jsonl FILE] [--report]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import sys
+import time
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from .common import (RESULTS, QUICK_RESULTS, FourierLift, Lifted, MGDL, Siren, mean_ci95,
+                     n_params, save_figure, table)
+
+ACTIVATIONS = ["relu", "tanh", "sin", "gelu", "silu"]
+FREQUENCIES = [1, 2, 4, 8, 16, 32, 64]
+GRADRES_MODELS = ["gradres", "gradres_learn", "gradres_2nd"]
+STAGE1_MODELS = ["mlp", "resnet", "gradres", "gradres_learn"]
+STAGE2_MODELS = ["mlp", "resnet", "gradres", "gradres_learn", "gradres_2nd", "mgdl",
+                 "fourier_features", "siren"]
+FIT_MSE = 1e-2
+N_TRAIN = N_TEST = 1024
+SCHEDULE = "Adam full batch, lr 1e-3 → 1e-5 cosine (SIREN 1e-4 → 1e-6)"
+
+
+# ---- models ---------------------------------------------------------------------------------------
+class Block(nn.Module):
+    """fc2(φ(fc1 x)), with the skip `kind`: none (plain), x (residual)."""
+
+    def __init__(self, width: int, act: str, skip: bool):
+        super().__init__()
+        import gradres_fused as gf
+        self.fc1, self.fc2 = nn.Linear(width, width), nn.Linear(width, width)
+        self.fn, self.skip = gf.get_activation(act).fn, skip
+
+    def forward(self, x):
+        h = self.fc2(self.fn(self.fc1(x)))
+        return x + h if self.skip else self.fn(h)
+
+
+def build(model: str, width: int, depth: int, act: str, backend: str = "auto",
+          **gradres) -> nn.Module:
+    """A 1-D regression network of `depth` blocks at `width`; `gradres` holds the gradient
+    residual options (normalize, eps, alpha_init, learn_alpha, detach) for the gradres models."""
+    import gradres_fused as gf
+    if model in ("mlp", "resnet"):
+        return Lifted([Block(width, act, model == "resnet") for _ in range(depth)], width)
+    if model in GRADRES_MODELS:
+        kw = dict(normalize=True, eps=1e-6, alpha_init=0.0, learn_alpha=True, detach=True)
+        if model == "gradres":  # gradient residual only: m = sigmoid(20) ≈ 1, frozen
+            kw.update(alpha_init=20.0, learn_alpha=False)
+        if model == "gradres_2nd":
+            kw.update(detach=False)
+        kw.update(gradres)
+        return Lifted([gf.GradResMLP(width, width, activation=act, backend=backend, **kw)
+                       for _ in range(depth)], width)
+    if model == "fourier_features":
+        return Lifted([Block(width, act, True) for _ in range(depth)], width,
+                      lift=FourierLift(width))
+    if model == "siren":
+        return Siren(width, 2 * depth + 1)
+    if model == "mgdl":
+        return MGDL(width, grades=depth, act="relu")
+    raise ValueError(f"model: unknown {model!r}; known: {STAGE2_MODELS}")
+
+
+def width_for(model: str, budget: int, depth: int, act: str) -> int:
+    """The width whose trainable parameter count is closest to `budget`."""
+    def count(w):
+        return n_params(build(model, w, depth, act))
+    lo, hi = 2, 512
+    while hi - lo > 1:  # parameter count grows with width: bisect, then pick the closer side
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if count(mid) < budget else (lo, mid)
+    return min((lo, hi), key=lambda w: abs(count(w) - budget))
+
+
+# ---- configurations -------------------------------------------------------------------------------
+def config(stage: int, k: int, act: str, model: str, budget: int, depth: int, seed: int,
+           steps: int, **ablation) -> Dict:
+    c = dict(stage=stage, k=k, activation=act, model=model, budget=budget, depth=depth,
+             seed=seed, steps=steps)
+    c.update(sorted(ablation.items()))
+    return c
+
+
+def key(c: Dict) -> str:
+    """A run's identity: its configuration, without the stage that first asked for it."""
+    return json.dumps({k: v for k, v in c.items() if k != "stage"}, sort_keys=True)
+
+
+def stage1(quick: bool) -> List[Dict]:
+    if quick:
+        return [config(1, k, a, m, 600, 2, 0, 60) for k in (1, 16) for a in ("relu", "tanh")
+                for m in STAGE1_MODELS]
+    return [config(1, k, a, m, 17000, 4, s, 6000) for s in range(2) for k in FREQUENCIES
+            for a in ACTIVATIONS for m in STAGE1_MODELS]
+
+
+def cells(runs: Iterable[Dict]) -> Dict[Tuple[int, str, str, int, int], List[Dict]]:
+    """Runs grouped by (k, activation, model, budget, depth), over seeds and ablation-free."""
+    out: Dict = {}
+    for r in runs:
+        c = r["config"]
+        if any(x in c for x in ("normalize", "eps", "alpha_init", "learn_alpha", "detach")):
+            continue
+        out.setdefault((c["k"], c["activation"], c["model"], c["budget"], c["depth"]), []).append(r)
+    return out
+
+
+def _spread(rs: List[Dict]) -> Tuple[float, float, float]:
+    """(mean log10 test MSE, min, max) over seeds."""
+    v = [math.log10(max(r["test_mse"], 1e-12)) for r in rs]
+    return sum(v) / len(v), min(v), max(v)
+
+
+def selected_cells(runs: Iterable[Dict], budget: int = 17000, depth: int = 4) -> List[Tuple[int, str]]:
+    """Stage 2's cells from stage 1: (k, activation) where a gradient residual model and the
+    residual net differ by more than their seed spread (the ranges of log10 test MSE do not
+    overlap), and each activation's frontier k (the lowest k where the residual net's mean
+    test MSE is ≥ FIT_MSE)."""
+    by = cells(runs)
+    chosen = []
+    for act in ACTIVATIONS:
+        ks = sorted({k for (k, a, m, b, d) in by if a == act and b == budget and d == depth})
+        for k in ks:
+            res = by.get((k, act, "resnet", budget, depth))
+            if not res:
+                continue
+            _, rlo, rhi = _spread(res)
+            for m in ("gradres", "gradres_learn"):
+                g = by.get((k, act, m, budget, depth))
+                if g:
+                    _, glo, ghi = _spread(g)
+                    if ghi < rlo or glo > rhi:
+                        chosen.append((k, act))
+        frontier = [k for k in ks if by.get((k, act, "resnet", budget, depth))
+                    and sum(r["test_mse"] for r in by[(k, act, "resnet", budget, depth)])
+                    / len(by[(k, act, "resnet", budget, depth)]) >= FIT_MSE]
+        if frontier:
+            chosen.append((frontier[0], act))
+    return sorted(set(chosen), key=lambda c: (ACTIVATIONS.index(c[1]), c[0]))
+
+
+def stage2(runs: List[Dict], quick: bool) -> List[Dict]:
+    if quick:
+        return [config(2, 16, "tanh", m, 600, 2, 0, 60) for m in ("resnet", "gradres_2nd", "siren")]
+    out = []
+    for k, act in selected_cells(r for r in runs if r["config"]["stage"] == 1):
+        for budget in (17000, 130000):
+            for depth in (4, 8):
+                models = STAGE2_MODELS if act != "sin" else [m for m in STAGE2_MODELS
+                                                              if m != "siren"]
+                out += [config(2, k, act, m, budget, depth, s, 6000) for m in models
+                        for s in range(5)]
+    return out
+
+
+ABLATIONS = [dict(normalize=False), dict(eps=1e-2), dict(eps=1.0), dict(alpha_init=-4.0),
+             dict(alpha_init=4.0), dict(alpha_init=0.0, learn_alpha=False),
+             dict(detach=False)]
+
+
+def stage3(runs: List[Dict], quick: bool) -> List[Dict]:
+    if quick:
+        return [config(3, 16, "tanh", "gradres_learn", 600, 2, 0, 60, **a) for a in ABLATIONS[:2]]
+    picked = selected_cells(r for r in runs if r["config"]["stage"] == 1)[:3]
+    return [config(3, k, act, "gradres_learn", 17000, 4, s, 6000, **a) for k, act in picked
+            for a in ABLATIONS for s in range(5)]
+
+
+# ---- one run --------------------------------------------------------------------------------------
+def data(k: int) -> Tuple[torch.Tensor, ...]:
+    x = torch.linspace(0, 1, N_TRAIN, dtype=torch.float64).float().unsqueeze(1)
+    xt = torch.rand(N_TEST, 1, generator=torch.Generator().manual_seed(1234))
+    f = lambda t: torch.sin(2 * math.pi * k * t)  # noqa: E731
+    return x, f(x), xt, f(xt)
+
+
+def _ghat(block: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """ĝ (normalized) of a GradResMLP block at its inputs h (rows = samples), by autograd."""
+    import gradres_fused as gf
+    fn = gf.get_activation(block.activation).fn
+    with torch.enable_grad():
+        hh = h.detach().requires_grad_(True)
+        g, = torch.autograd.grad(block.fc2(fn(block.fc1(hh))).sum(), hh)
+    return g / torch.sqrt((g * g).sum(1, keepdim=True) + block.eps ** 2)
+
+
+def mechanism(model: nn.Module, x: torch.Tensor) -> Optional[Dict]:
+    """The first gradient residual block's ĝ over the (sorted) inputs: distinct directions (rows
+    equal to 1e-6 after rounding) and the mean cosine between neighbouring inputs' ĝ."""
+    import gradres_fused as gf
+    blocks = [m for m in model.modules() if isinstance(m, gf.GradResMLP)]
+    if not blocks:
+        return None
+    with torch.no_grad():
+        h = model.lift(x)
+    g = _ghat(blocks[0], h).detach().double()
+    distinct = torch.unique(torch.round(g * 1e6), dim=0).shape[0]
+    cos = (g[1:] * g[:-1]).sum(1) / (g[1:].norm(dim=1) * g[:-1].norm(dim=1)).clamp_min(1e-30)
+    return {"distinct_directions": int(distinct), "neighbour_cosine": float(cos.mean())}
+
+
+def run_one(c: Dict, backend: str = "auto") -> Dict:
+    """Train one configuration; the JSONL record."""
+    torch.set_num_threads(1)
+    torch.manual_seed(c["seed"])
+    ab = {k: c[k] for k in ("normalize", "eps", "alpha_init", "learn_alpha", "detach") if k in c}
+    width = width_for(c["model"], c["budget"], c["depth"], c["activation"])
+    model = build(c["model"], width, c["depth"], c["activation"], backend, **ab)
+    x, y, xt, yt = data(c["k"])
+    mech0 = mechanism(model, x)
+    lr0 = 1e-4 if c["model"] == "siren" else 1e-3
+    steps = c["steps"]
+    mse = nn.functional.mse_loss
+    t0 = time.perf_counter()
+    quarter_best = [math.inf] * 4
+    if c["model"] == "mgdl":  # the same total steps, split over the grades
+        for g in range(len(model.grades)):
+            opt = torch.optim.Adam(model.train_grade(g), lr=lr0)
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps // len(model.grades),
+                                                               eta_min=lr0 / 100)
+            for i in range(steps // len(model.grades)):
+                opt.zero_grad(set_to_none=True)
+                loss = mse(model(x), y)
+                loss.backward()
+                opt.step()
+                sched.step()
+                if g == len(model.grades) - 1:
+                    q = min(3, 4 * i // max(1, steps // len(model.grades)))
+                    quarter_best[q] = min(quarter_best[q], loss.item())
+        for p in model.parameters():
+            p.requires_grad_(True)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=lr0)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr0 / 100)
+        for i in range(steps):
+            opt.zero_grad(set_to_none=True)
+            loss = mse(model(x), y)
+            loss.backward()
+            opt.step()
+            sched.step()
+            q = min(3, 4 * i // steps)
+            quarter_best[q] = min(quarter_best[q], loss.item())
+    seconds = time.perf_counter() - t0
+    with torch.no_grad():
+        train, test = mse(model(x), y).item(), mse(model(xt), yt).item()
+    plateaued = quarter_best[3] < 1e-5 or quarter_best[3] >= 0.9 * quarter_best[2]
+    return {"key": key(c), "config": c, "width": width, "params": n_params(model),
+            "train_mse": train, "test_mse": test, "plateaued": bool(plateaued),
+            "quarter_best_train_mse": quarter_best, "seconds": seconds,
+            "mechanism_init": mech0, "mechanism_trained": mechanism(model, x),
+            "backend": backend, "torch": torch.__version__, "schedule": SCHEDULE}
+
+
+def _worker(args):
+    c, backend = args
+    try:
+        return run_one(c, backend)
+    except Exception as e:  # a failed run is recorded as such, never silently dropped
+        return {"key": key(c), "config": c, "error": f"{type(e).__name__}: {e}"}
+
+
+# ---- the runner -----------------------------------------------------------------------------------
+def load(path: str) -> List[Dict]:
+    """Finished runs of a JSONL file (a torn last line from an interruption is ignored)."""
+    if not os.path.exists(path):
+        return []
+    out = []
+    with open(path) as f:
+        for line in f:
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if "error" not in r:
+                out.append(r)
+    return out
+
+
+def _describe(c: Dict) -> str:
+    extra = "".join(f" {k}={c[k]}" for k in ("normalize", "eps", "alpha_init", "learn_alpha",
+                                              "detach") if k in c)
+    return (f"k={c['k']:<2} {c['activation']:<4} {c['model']:<16} {c['budget'] / 1000:g}k "
+            f"depth {c['depth']} seed {c['seed']}{extra}")
+
+
+def run(configs: List[Dict], path: str, workers: int, backend: str) -> List[Dict]:
+    """Run the configurations not yet in `path`, `workers` processes, appending as they end."""
+    done = {r["key"] for r in load(path)}
+    todo, seen = [], set()
+    for c in configs:
+        if key(c) not in done and key(c) not in seen:
+            todo.append(c)
+            seen.add(key(c))
+    print(f"study: {len(configs)} runs asked, {len(configs) - len(todo)} already in {path}, "
+          f"{len(todo)} to run on {workers} worker(s)", flush=True)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    t0 = time.perf_counter()
+    jobs = [(c, backend) for c in todo]
+    ctx = mp.get_context("spawn")
+    pool = ctx.Pool(workers) if workers > 1 else None
+    results = pool.imap_unordered(_worker, jobs) if pool else map(_worker, jobs)
+    try:
+        with open(path, "a+b") as f:  # a torn last line (an interrupted run) ends here
+            if f.tell():
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")
+        with open(path, "a") as f:
+            for i, r in enumerate(results, 1):
+                f.write(json.dumps(r) + "\n")
+                f.flush()
+                left = (time.perf_counter() - t0) / i * (len(todo) - i)
+                status = (r["error"] if "error" in r else
+                          f"train {r['train_mse']:.2e} test {r['test_mse']:.2e} "
+                          f"({r['seconds']:.1f} s){'' if r['plateaued'] else ' not plateaued'}")
+                print(f"[{i}/{len(todo)}] {_describe(r['config'])}: {status}; "
+                      f"~{left / 60:.0f} min left", flush=True)
+    finally:
+        if pool:
+            pool.close()
+            pool.join()
+    return load(path)
+
+
+# ---- the report -----------------------------------------------------------------------------------
+def report(runs: List[Dict], out: str, name: str = "study") -> List[str]:
+    """Markdown + JSON summary and the k × model heat maps, one per activation."""
+    by = cells(runs)
+    rows, summary = [], []
+    for (k, act, model, budget, depth), rs in sorted(by.items(), key=lambda kv: (
+            ACTIVATIONS.index(kv[0][1]) if kv[0][1] in ACTIVATIONS else 99, kv[0][3], kv[0][4],
+            kv[0][0], kv[0][2])):
+        mean, ci = mean_ci95([r["test_mse"] for r in rs])
+        plateau = sum(r["plateaued"] for r in rs) / len(rs)
+        mech = [r["mechanism_trained"] for r in rs if r.get("mechanism_trained")]
+        summary.append(dict(k=k, activation=act, model=model, budget=budget, depth=depth,
+                            seeds=len(rs), test_mse=mean, test_mse_ci95=ci, plateaued=plateau,
+                            train_mse=sum(r["train_mse"] for r in rs) / len(rs)))
+        err = f" ± {ci:.1e}" if len(rs) > 1 else ""
+        m = (f"{sum(x['distinct_directions'] for x in mech) / len(mech):.0f} / "
+             f"{sum(x['neighbour_cosine'] for x in mech) / len(mech):.3f}") if mech else ""
+        rows.append([act, str(k), model, f"{budget // 1000}k", str(depth), str(len(rs)),
+                     f"{mean:.2e}{err}", f"{plateau:.0%}", m])
+    md = ("# Gradient residual study (1-D, sin(2πkx))\n\n" + f"Schedule: {SCHEDULE}. Fit: test "
+          f"MSE < {FIT_MSE:g}. Mean ± 95% CI over seeds.\n\n" +
+          table(["activation", "k", "model", "params", "depth", "seeds", "test MSE",
+                 "plateaued", "ĝ distinct / neighbour cos (trained)"], rows) + "\n")
+    os.makedirs(out, exist_ok=True)
+    paths = [os.path.join(out, f"{name}.md"), os.path.join(out, f"{name}.json")]
+    with open(paths[0], "w") as f:
+        f.write(md)
+    with open(paths[1], "w") as f:
+        json.dump({"schedule": SCHEDULE, "fit_mse": FIT_MSE, "cells": summary}, f, indent=1)
+    fig_path = _heatmaps(summary, out, name)
+    if fig_path:
+        paths.append(fig_path)
+    print("wrote " + ", ".join(paths), flush=True)
+    return paths
+
+
+def _heatmaps(summary: List[Dict], out: str, name: str) -> Optional[str]:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    acts = [a for a in ACTIVATIONS if any(s["activation"] == a for s in summary)]
+    if not acts:
+        return None
+    budget, depth = min((s["budget"], s["depth"]) for s in summary)
+    fig, axes = plt.subplots(1, len(acts), figsize=(3.2 * len(acts), 3.2), squeeze=False)
+    for ax, act in zip(axes[0], acts):
+        sel = [s for s in summary if s["activation"] == act and s["budget"] == budget
+               and s["depth"] == depth]
+        ks = sorted({s["k"] for s in sel})
+        models = [m for m in STAGE2_MODELS if any(s["model"] == m for s in sel)]
+        grid = [[math.nan] * len(ks) for _ in models]
+        for s in sel:
+            grid[models.index(s["model"])][ks.index(s["k"])] = math.log10(max(s["test_mse"],
+                                                                               1e-12))
+        im = ax.imshow(grid, cmap="viridis", vmin=-6, vmax=0, aspect="auto")
+        ax.set(xticks=range(len(ks)), xticklabels=ks, yticks=range(len(models)),
+               yticklabels=models, xlabel="k", title=act)
+    fig.colorbar(im, ax=axes[0].tolist(), label="log10 test MSE")
+    return save_figure(fig, out, name)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m examples.study", description=__doc__.split(
+        "\n\n    python")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stage", type=int, choices=(1, 2, 3), default=1)
+    p.add_argument("--quick", action="store_true", help="CI size: seconds on 2 cores")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--jsonl", default=None,
+                   help="results file (default examples/results/study.jsonl; quick: "
+                        "examples/results-quick/study.jsonl)")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--report", action="store_true", help="only write the report of the file")
+    args = p.parse_args(argv)
+    out = QUICK_RESULTS if args.quick else RESULTS
+    path = args.jsonl or os.path.join(out, "study.jsonl")
+    runs = load(path)
+    if not args.report:
+        configs = {1: stage1, 2: lambda q: stage2(runs, q), 3: lambda q: stage3(runs, q)}[
+            args.stage](args.quick)
+        if not configs:
+            print(f"study: stage {args.stage} selects no runs from {path} (run stage 1 first)")
+            return 1
+        runs = run(configs, path, args.workers, args.backend)
+    report(runs, os.path.dirname(os.path.abspath(path)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
