@@ -21,7 +21,8 @@ from .backends import check_exportable
 from .ops import gradres_conv2d, gradres_mlp
 from .validation import (check_backend_name, check_bool, check_flags, check_module_input,
                          check_number, check_size)
-from .wrapping import PATTERNS, FrozenBatchStats, Pattern, batch_stat_modules, recognize
+from .wrapping import (PATTERNS, FrozenBatchStats, Pattern, batch_stat_modules, recognize,
+                       structure_key)
 
 ALPHA_SHAPE = (1,)
 
@@ -159,10 +160,12 @@ class GradientResidual(_AlphaMixin):
     `nn.Sequential(Conv2d, act, Conv2d)` ('same' padding, stride 1, odd square kernels) on
     (N, C, H, W), act one of nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh — runs as the fused op
     (`gradres_mlp`/`gradres_conv2d` with `backend`) on the block's own parameters; `.fused` says
-    whether it does, `.fused_reason` why not. The structure is checked at every forward, so a
-    block changed after construction runs the math it now computes. Any other block runs the
-    reference math (autograd for g); naming a fused backend ('composite', 'cpp', 'triton') for one
-    raises, saying which element is not recognized.
+    whether it does, `.fused_reason` why not. Every forward checks that the block's layers are
+    the same objects of the same types without forward hooks (re-recognizing it when not), so a
+    layer replaced or hooked after construction runs the math it now computes; a layer's
+    attributes changed in place (padding, stride, approximate, …) are not re-read. Any other
+    block runs the reference math (autograd for g); naming a fused backend ('composite', 'cpp',
+    'triton') for one raises, saying which element is not recognized.
 
     Batch statistics (docs/DESIGN.md §4.1): a BatchNorm that normalizes with the batch's statistics
     makes ΣF mix the samples (g ≡ 0 when F ends in one). `batch_stats="error"` (default) raises
@@ -191,7 +194,14 @@ class GradientResidual(_AlphaMixin):
         self._init_gradres(None, alpha_init, learn_alpha, normalize, eps, detach, device, dtype)
 
     def _recognized(self) -> Union[Pattern, str]:
-        found = recognize(self.module)
+        module = self._modules["module"]  # not self.module: nn.Module.__getattr__ costs ~1 µs
+        key = structure_key(module)
+        cached = self.__dict__.get("_recognition")
+        if cached is not None and cached[0] == key:
+            found = cached[1]
+        else:
+            found = recognize(module)
+            self.__dict__["_recognition"] = (key, found)
         if isinstance(found, str) and self.backend in _FUSED_ONLY:
             raise ValueError(f"backend={self.backend!r}: GradientResidual runs a fused backend "
                              f"only on a block it recognizes ({PATTERNS}); this one is not: "

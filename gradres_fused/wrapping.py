@@ -83,13 +83,25 @@ def _pair_problem(first: nn.Module, second: nn.Module, inputs: str, outputs: str
     return None
 
 
+def structure_key(module: nn.Module) -> tuple:
+    """What recognition depends on that a model plausibly changes after construction, cheap to
+    compare at every forward: the block's and its layers' identity and type, and whether any of
+    them has forward hooks (a parametrization changes a layer's type). A layer's attributes
+    (padding, stride, approximate, …) are not in it: changing them in place is not re-checked."""
+    if type(module) is not nn.Sequential:
+        return (module, type(module))
+    layers = tuple(module._modules.values())
+    return (module, layers, tuple(map(type, layers)),
+            _hooked(module) or any(map(_hooked, layers)))
+
+
 def recognize(module: nn.Module) -> Union[Pattern, str]:
     """The fused Pattern that computes `module`, or a sentence saying which element is not one.
 
     Exact types only (a subclass, a parametrization or a forward hook changes what the module
     computes, and the fused op never calls its forward); ReLU's `inplace` does not matter."""
     if type(module) is not nn.Sequential:
-        return f"module is a {type(module).__name__}, not an nn.Sequential"
+        return f"module ({type(module).__name__}) is not an nn.Sequential"
     if len(module) != 3:
         return f"module is an nn.Sequential of {len(module)} modules, not 3 (layer, act, layer)"
     first, act, second = module

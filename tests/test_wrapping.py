@@ -177,6 +177,14 @@ def test_block_changed_after_construction_runs_what_it_now_computes():
     want = reference.gradient_residual(block, x, wrapped.alpha, normalize=True, eps=1e-6,
                                        detach=True)
     torch.testing.assert_close(wrapped(x), want, rtol=0, atol=1e-12)
+    # a parametrization registered afterwards changes the layer's type
+    param = gf.GradientResidual(mlp_block("tanh"), alpha_init=0.1)
+    assert param.fused
+    torch.nn.utils.parametrizations.weight_norm(param.module[2])
+    assert not param.fused and "Parametrized" in param.fused_reason
+    want = reference.gradient_residual(param.module, x, param.alpha, normalize=True, eps=1e-6,
+                                       detach=True)
+    torch.testing.assert_close(param(x), want, rtol=0, atol=1e-12)
     named = gf.GradientResidual(mlp_block("relu"), backend="composite")
     named.module[0].register_forward_pre_hook(lambda mod, args: None)
     with pytest.raises(ValueError, match=r"module\[0\] has forward hooks"):
@@ -258,7 +266,7 @@ def test_recognized_block_exports_and_compiles():
     assert_compiled_matches_eager(wrapped, x, compile_backend="eager")
 
 
-# ---- batch statistics -----------------------------------------------------------------------------
+# ---- batch statistics ----------------------------------------------------------------------------
 def bn_block(bn=nn.BatchNorm2d):
     """A ResNet basic block's F: conv–BN–ReLU–conv–BN."""
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), bn(4), nn.ReLU(),
@@ -391,7 +399,7 @@ def test_batch_statistics_frozen_replays_dropout_and_agrees_with_eval_mode():
     torch.testing.assert_close(wrapped(x), want, rtol=0, atol=1e-12)
 
 
-# ---- convert: an EDSR laid out as the common SR codebases lay it out -------------------------------
+# ---- convert: an EDSR laid out as the common SR codebases lay it out -----------------------------
 class ResidualBlockNoBN(nn.Module):
     """conv–ReLU–conv with res_scale, as in BasicSR / the EDSR reference code."""
 
