@@ -1,7 +1,7 @@
 """nn.Module front ends (docs/DESIGN.md §4).
 
-State-dict keys do not depend on the backend: `fc1.*`, `fc2.*` (MLP), `conv1.*`, `conv2.*` (conv)
-and `alpha` — a Parameter when learnable, a buffer when frozen, of shape (1,): FSDP2's
+State-dict keys do not depend on the backend: `fc1.*`, `fc2.*` (MLP), `conv1.*`, `conv2.*` (conv),
+`module.*` (GradientResidual, fused or not) and `alpha` — a Parameter when learnable, a buffer when frozen, of shape (1,): FSDP2's
 `fully_shard` refuses 0-d parameters. A state_dict saved with the earlier 0-d alpha still loads.
 
 Arguments are checked at construction; a forward whose input does not match the module's dtype or
@@ -193,7 +193,9 @@ class GradientResidual(_AlphaMixin):
         device, dtype = _floating_place(module)
         self._init_gradres(None, alpha_init, learn_alpha, normalize, eps, detach, device, dtype)
 
-    def _recognized(self) -> Union[Pattern, str]:
+    def _recognized(self, refuse: bool = True) -> Union[Pattern, str]:
+        """recognize(self.module), cached on its structure_key; `refuse`: raise when a fused
+        backend is named for a block it does not recognize."""
         module = self._modules["module"]  # not self.module: nn.Module.__getattr__ costs ~1 µs
         key = structure_key(module)
         cached = self.__dict__.get("_recognition")
@@ -202,7 +204,7 @@ class GradientResidual(_AlphaMixin):
         else:
             found = recognize(module)
             self.__dict__["_recognition"] = (key, found)
-        if isinstance(found, str) and self.backend in _FUSED_ONLY:
+        if refuse and isinstance(found, str) and self.backend in _FUSED_ONLY:
             raise ValueError(f"backend={self.backend!r}: GradientResidual runs a fused backend "
                              f"only on a block it recognizes ({PATTERNS}); this one is not: "
                              f"{found}. backend='auto' runs it with the reference math")
@@ -214,7 +216,7 @@ class GradientResidual(_AlphaMixin):
         (the MLP pattern: on 2-D inputs)."""
         if self.backend == "reference":
             return "backend='reference'"
-        found = self._recognized()
+        found = self._recognized(refuse=False)
         return found if isinstance(found, str) else None
 
     @property

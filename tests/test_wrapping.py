@@ -187,6 +187,7 @@ def test_block_changed_after_construction_runs_what_it_now_computes():
     torch.testing.assert_close(param(x), want, rtol=0, atol=1e-12)
     named = gf.GradientResidual(mlp_block("relu"), backend="composite")
     named.module[0].register_forward_pre_hook(lambda mod, args: None)
+    assert not named.fused and "hooks" in named.fused_reason and "hooks" in repr(named)
     with pytest.raises(ValueError, match=r"module\[0\] has forward hooks"):
         named(x)
 
