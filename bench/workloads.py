@@ -78,31 +78,50 @@ def _conv_case(shape, dtype, device, activation, detach) -> Case:
                 5.0 * x.numel() * elt + 2.0 * n * cm * hh * ww * elt)
 
 
+# Activation modules for the blocks GradientResidual recognizes (gradres_fused/wrapping.py).
+_ACT_MODULES = {"relu": nn.ReLU, "gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
+                "silu": nn.SiLU, "tanh": nn.Tanh}
+
+
 class EDSR(nn.Module):
     """EDSR-baseline: head conv, `blocks` conv–φ–conv residual blocks, body conv, ×scale
-    pixel-shuffle upsampler, tail conv. Every block is a GradResConv2d whose `backend` the
-    benchmark sets per peer; peer "plain" runs the same weights as F(x) + x."""
+    pixel-shuffle upsampler, tail conv. Every block is a GradResConv2d — or, `wrapped`, a
+    GradientResidual around nn.Sequential(Conv2d, act, Conv2d), the block a user's existing model
+    has (same weights: the layers are made in the same order) — whose `backend` the benchmark sets
+    per peer; peer "plain" runs the same weights as F(x) + x."""
 
     def __init__(self, blocks=16, channels=64, scale=2, activation="relu", detach=True,
-                 res_scale=1.0, device=None, dtype=None):
+                 res_scale=1.0, device=None, dtype=None, wrapped=False):
         super().__init__()
         kw = dict(device=device, dtype=dtype)
         self.head = nn.Conv2d(3, channels, 3, padding=1, **kw)
-        self.body = nn.ModuleList(
-            gf.GradResConv2d(channels, activation=activation, res_scale=res_scale,
-                             detach=detach, **kw) for _ in range(blocks))
+        if wrapped and activation not in _ACT_MODULES:
+            raise ValueError(f"activation: GradientResidual recognizes {sorted(_ACT_MODULES)} "
+                             f"as modules, got {activation!r}")
+
+        def block():
+            if not wrapped:
+                return gf.GradResConv2d(channels, activation=activation, res_scale=res_scale,
+                                        detach=detach, **kw)
+            body = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, **kw),
+                                 _ACT_MODULES[activation](),
+                                 nn.Conv2d(channels, channels, 3, padding=1, **kw))
+            return gf.GradientResidual(body, scale=res_scale, detach=detach)
+        self.body = nn.ModuleList(block() for _ in range(blocks))
         self.body_tail = nn.Conv2d(channels, channels, 3, padding=1, **kw)
         self.up = nn.Conv2d(channels, channels * scale * scale, 3, padding=1, **kw)
         self.shuffle = nn.PixelShuffle(scale)
         self.tail = nn.Conv2d(channels, 3, 3, padding=1, **kw)
-        self.peer = "plain"
+        self.activation, self.res_scale, self.peer = activation, res_scale, "plain"
 
-    def _block(self, blk: gf.GradResConv2d, x: Tensor) -> Tensor:
+    def _block(self, blk: nn.Module, x: Tensor) -> Tensor:
         if self.peer != "plain":
             blk.backend = self.peer
             return blk(x)
-        act = gf.get_activation(blk.activation).fn
-        return blk.conv2(act(blk.conv1(x))) * blk.res_scale + x
+        conv1, conv2 = ((blk.module[0], blk.module[2]) if isinstance(blk, gf.GradientResidual)
+                        else (blk.conv1, blk.conv2))
+        act = gf.get_activation(self.activation).fn
+        return conv2(act(conv1(x))) * self.res_scale + x
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.head(x)
@@ -113,9 +132,10 @@ class EDSR(nn.Module):
         return self.tail(self.shuffle(self.up(h)))
 
 
-def _edsr_case(shape, dtype, device, activation, detach, channels_last=False) -> Case:
+def _edsr_case(shape, dtype, device, activation, detach, channels_last=False,
+               wrapped=False) -> Case:
     n, blocks, ch, hh, ww = shape
-    model = EDSR(blocks, ch, 2, activation, detach, device=device, dtype=dtype)
+    model = EDSR(blocks, ch, 2, activation, detach, device=device, dtype=dtype, wrapped=wrapped)
     lr = torch.randn(n, 3, hh, ww, dtype=dtype, device=device)
     if channels_last:  # weights and input: every peer, plain included, runs channels_last
         model = model.to(memory_format=torch.channels_last)
@@ -161,6 +181,14 @@ WORKLOADS: Dict[str, Workload] = {w.name: w for w in (
     # The same model channels_last (model and input, every peer): which layout is faster is the
     # CPU's matter (oneDNN's channels_last kernels won on an AVX-512 EPYC, lost on an AVX2 one).
     Workload("edsr_model_cl", functools.partial(_edsr_case, channels_last=True),
+             {"gpu": (16, 16, 64, 48, 48), "cpu": (2, 16, 64, 32, 32),
+              "quick": (1, 2, 16, 16, 16)}, "NxBlocksxCxHxW"),
+    # edsr_model with every block a user's nn.Sequential(Conv2d, act, Conv2d) wrapped in
+    # GradientResidual (recognized: the fused op on the Sequential's own weights; peer
+    # `reference`: the reference math, which is what GradientResidual ran before it recognized
+    # blocks). Same weights and plain baseline as edsr_model: its rows beside edsr_model's give
+    # the wrapper's cost (target ≤ 1.05× the GradResConv2d model's step).
+    Workload("edsr_model_wrapped", functools.partial(_edsr_case, wrapped=True),
              {"gpu": (16, 16, 64, 48, 48), "cpu": (2, 16, 64, 32, 32),
               "quick": (1, 2, 16, 16, 16)}, "NxBlocksxCxHxW"),
 )}

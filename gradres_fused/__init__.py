@@ -6,12 +6,12 @@ See docs/DESIGN.md for the math and the contract every backend implements.
 """
 from .activations import ACTIVATIONS, get_activation
 from .backends import available_backends
-from .nn import GradientResidual, GradResConv2d, GradResMLP
+from .nn import GradientResidual, GradResConv2d, GradResMLP, convert
 from .ops import gradres_conv2d, gradres_mlp
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ACTIVATIONS", "GradientResidual", "GradResConv2d", "GradResMLP", "available_backends",
-    "get_activation", "gradres_conv2d", "gradres_mlp",
+    "convert", "get_activation", "gradres_conv2d", "gradres_mlp",
 ]

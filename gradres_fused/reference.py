@@ -24,11 +24,14 @@ _TORCH_ACTIVATIONS = {
 
 def gradient_residual(fn: Callable[[Tensor], Tensor], x: Tensor, alpha: Tensor, *,
                       normalize: bool, eps: float, detach: bool,
-                      norm_dims: Optional[Sequence[int]] = None) -> Tensor:
+                      norm_dims: Optional[Sequence[int]] = None,
+                      grad_fn: Optional[Callable[[Tensor], Tensor]] = None) -> Tensor:
     """y = F(x) + (1 − m)·x + m·ĝ with g = ∇_x ΣF(x) from autograd and m = sigmoid(alpha).
 
     `norm_dims` are the dimensions one sample spans (default: all but dim 0). F must act on each
-    sample independently (no batch statistics), or ΣF mixes samples.
+    sample independently (no batch statistics), or ΣF mixes samples. `grad_fn`, called after `fn`
+    on the same input, is the F whose Σ gives g (default: `fn`'s own output) — F with its batch
+    statistics held constant for GradientResidual(batch_stats="frozen").
     """
     grad_mode = torch.is_grad_enabled()
     with torch.enable_grad():
@@ -38,8 +41,9 @@ def gradient_residual(fn: Callable[[Tensor], Tensor], x: Tensor, alpha: Tensor, 
             raise ValueError(f"module: a gradient residual needs F(x) shaped like x "
                              f"{tuple(x.shape)}, got {tuple(fx.shape)}")
         g = None
-        if fx.requires_grad:
-            (g,) = torch.autograd.grad(fx.sum(), xin, create_graph=grad_mode and not detach,
+        fg = fx if grad_fn is None else grad_fn(xin)
+        if fg.requires_grad:
+            (g,) = torch.autograd.grad(fg.sum(), xin, create_graph=grad_mode and not detach,
                                        retain_graph=True, allow_unused=True)
         if g is None:  # F does not depend on x
             g = torch.zeros_like(x)
