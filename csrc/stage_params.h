@@ -54,15 +54,19 @@ struct MixBwdParams {
 };
 
 // z̄ = ā·φ'(z) [+ d̄·s·φ''(z)], d = φ'(z)·s; column sums zbar_colsum = Σ_rows z̄ and
-// s_bar = Σ_rows d̄·φ'(z). d̄, d and s_bar in second order only. On CPU z_bar may be a_bar and d
-// may be d_bar (in place, CpuStages::kActBwdInPlace); on CUDA they are distinct buffers.
+// s_bar = Σ_rows d̄·φ'(z); a = φ(z) recomputed when `a` is given (for the W̄2 GEMM, which runs
+// after this stage). d̄, d and s_bar in second order only. `z` is what the forward kept: z, or
+// for an activation with ActOps::kSavesOutput (relu) a = φ(z), off which φ' and φ'' read the
+// same. On CPU z_bar may be a_bar and d may be d_bar (in place, CpuStages::kActBwdInPlace); on
+// CUDA they are distinct buffers.
 struct ActBwdParams {
-  const void* z;      // (rows, P)
+  const void* z;      // (rows, P) z, or a for kSavesOutput
   const void* a_bar;  // (rows, P)
   const void* d_bar;  // (rows, P)
   const void* s;      // (P,)
   void* z_bar;        // (rows, P)
   void* d;            // (rows, P)
+  void* a;            // (rows, P) a = φ(z), or nullptr (not recomputed)
   void* zbar_colsum;  // (P,)
   void* s_bar;        // (P,)
   int64_t rows, P;

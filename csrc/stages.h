@@ -37,11 +37,12 @@ inline void* data_or_null(const Tensor& t) { return t.defined() ? t.data_ptr() :
                       const Tensor& alpha, bool normalize, bool detach, Tensor& g_bar,            \
                       Tensor& alpha_bar, Tensor& x_bar, bool set_x_bar);                          \
   /* z̄ = ā·φ'(z) [+ d̄·s·φ''(z)]; d = φ'(z)·s; column sums: zbar_colsum[p] = Σ_n z̄,              \
-     s_bar[p] = Σ_n d̄·φ'(z). Second-order outputs (d, s_bar), d̄ and s inputs only when     \
-     !detach (detach mode passes an undefined s). */                                          \
+     s_bar[p] = Σ_n d̄·φ'(z); a = φ(z) when `a` is defined. Second-order outputs (d, s_bar),   \
+     d̄ and s inputs only when !detach (detach mode passes an undefined s). `z` is the tensor   \
+     the forward kept: z, or a = φ(z) for ActOps<act>::kSavesOutput (then `a` is undefined). */ \
   static void act_bwd(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar, const Tensor& s, \
-                      Act act, bool detach, Tensor& z_bar, Tensor& d, Tensor& zbar_colsum,        \
-                      Tensor& s_bar);                                                             \
+                      Act act, bool detach, Tensor& z_bar, Tensor& d, Tensor& a,                  \
+                      Tensor& zbar_colsum, Tensor& s_bar);                                        \
   /* out += (1 − m)·ȳ  (x̄'s identity-path term), m = sigmoid(alpha[0]). */                        \
   static void add_skip_grad(Tensor& out, const Tensor& y_bar, const Tensor& alpha);
 

@@ -165,12 +165,13 @@ void mix_bwd_cpu(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x, cons
 
 template <typename scalar_t, Act A>
 void act_bwd_cpu(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar, const Tensor& s,
-                 bool detach, Tensor& z_bar, Tensor& d, Tensor& zbar_colsum, Tensor& s_bar) {
+                 bool detach, Tensor& z_bar, Tensor& d, Tensor& a, Tensor& zbar_colsum,
+                 Tensor& s_bar) {
   const int64_t rows = z.size(0), P = z.size(1);
   const ActBwdParams p{z.data_ptr(), a_bar.data_ptr(), detach ? nullptr : d_bar.data_ptr(),
                        detach ? nullptr : s.data_ptr(), z_bar.data_ptr(), detach ? nullptr : d.data_ptr(),
-                       zbar_colsum.data_ptr(), detach ? nullptr : s_bar.data_ptr(), rows, P, A,
-                       detach};
+                       data_or_null(a), zbar_colsum.data_ptr(), detach ? nullptr : s_bar.data_ptr(),
+                       rows, P, A, detach};
   // Column sums, in tiles that depend only on the shape (so results are bit-identical for any
   // thread count): column blocks of ≤ kActBwdColBlock columns × row chunks. Wide rows (conv:
   // P = C·H·W) get one row chunk: each tile sums all rows of its columns on the stack and writes
@@ -275,11 +276,11 @@ void CpuStages::mix_bwd(const Tensor& y_bar, const Tensor& g_hat, const Tensor& 
 
 void CpuStages::act_bwd(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar,
                         const Tensor& s, Act act, bool detach, Tensor& z_bar, Tensor& d,
-                        Tensor& zbar_colsum, Tensor& s_bar) {
+                        Tensor& a, Tensor& zbar_colsum, Tensor& s_bar) {
   RECORD_FUNCTION("gradres::act_bwd", std::vector<c10::IValue>());
   GRADRES_CPU_FLOATS(z, "gradres act_bwd", [&] {
     GRADRES_DISPATCH_ACT(act, [&] {
-      act_bwd_cpu<scalar_t, A>(z, a_bar, d_bar, s, detach, z_bar, d, zbar_colsum, s_bar);
+      act_bwd_cpu<scalar_t, A>(z, a_bar, d_bar, s, detach, z_bar, d, a, zbar_colsum, s_bar);
     });
   });
 }

@@ -304,7 +304,7 @@ int64_t num_chunks(int64_t rows) {
 template <typename T, Act A_>
 __global__ void act_bwd_kernel(const T* __restrict__ z, const T* __restrict__ a_bar,
                                const T* __restrict__ d_bar, const T* __restrict__ s,
-                               T* __restrict__ z_bar, T* __restrict__ d,
+                               T* __restrict__ z_bar, T* __restrict__ d, T* __restrict__ a,
                                typename Red<T>::type* __restrict__ col_part, int64_t rows,
                                int64_t P, int64_t chunk_rows, bool detach) {
   using Ops = ActOps<A_>;
@@ -327,6 +327,7 @@ __global__ void act_bwd_kernel(const T* __restrict__ z, const T* __restrict__ a_
       ss += db * d1;
       d[i] = from_acc<T>(d1 * sv);
     }
+    if (!Ops::kSavesOutput && a) a[i] = from_acc<T>(Ops::f(v));  // for the W̄2 GEMM after
     z_bar[i] = from_acc<T>(zb);
     zs += zb;
   }
@@ -477,6 +478,7 @@ void act_bwd(const ActBwdParams& p, void* col_partial, cudaStream_t stream) {
   const T* s = static_cast<const T*>(p.s);
   T* z_bar = static_cast<T*>(p.z_bar);
   T* d = static_cast<T*>(p.d);
+  T* a_out = static_cast<T*>(p.a);
   T* zbar_colsum = static_cast<T*>(p.zbar_colsum);
   T* s_bar = static_cast<T*>(p.s_bar);
   const int64_t rows = p.rows, P = p.P;
@@ -490,7 +492,7 @@ void act_bwd(const ActBwdParams& p, void* col_partial, cudaStream_t stream) {
   const int threads = static_cast<int>(std::min<int64_t>(kThreads, (P + 31) / 32 * 32));
   const dim3 grid(static_cast<unsigned>((P + threads - 1) / threads), static_cast<unsigned>(chunks));
   GRADRES_DISPATCH_ACT(act, [&] {
-    act_bwd_kernel<T, A><<<grid, threads, 0, stream>>>(z, a_bar, d_bar, s, z_bar, d, part,
+    act_bwd_kernel<T, A><<<grid, threads, 0, stream>>>(z, a_bar, d_bar, s, z_bar, d, a_out, part,
                                                        rows, P, rows_per_chunk(rows), detach);
   });
   col_sum_kernel<T><<<blocks_for(P), kThreads, 0, stream>>>(part, chunks, P, zbar_colsum, s_bar,

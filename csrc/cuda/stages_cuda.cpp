@@ -79,14 +79,14 @@ void CudaStages::mix_bwd(const Tensor& y_bar, const Tensor& g_hat, const Tensor&
 
 void CudaStages::act_bwd(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar,
                          const Tensor& s, Act act, bool detach, Tensor& z_bar, Tensor& d,
-                         Tensor& zbar_colsum, Tensor& s_bar) {
+                         Tensor& a, Tensor& zbar_colsum, Tensor& s_bar) {
   RECORD_FUNCTION("gradres::act_bwd", std::vector<c10::IValue>());
   c10::cuda::CUDAGuard device_guard(z.device());
   Tensor scratch = at::empty({cuda::act_bwd_scratch_elems(z.size(0), z.size(1), detach)},
                              z.options().dtype(red_type(z)));
   const ActBwdParams p{z.data_ptr(), a_bar.data_ptr(), detach ? nullptr : data_or_null(d_bar),
                        detach ? nullptr : s.data_ptr(), z_bar.data_ptr(),
-                       detach ? nullptr : data_or_null(d),
+                       detach ? nullptr : data_or_null(d), data_or_null(a),
                        zbar_colsum.data_ptr(), detach ? nullptr : data_or_null(s_bar), z.size(0),
                        z.size(1), act, detach};
   GRADRES_CUDA_FLOATS(z, "gradres act_bwd_cuda", [&] {
