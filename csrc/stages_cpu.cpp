@@ -181,8 +181,9 @@ void act_bwd_cpu(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar, cons
       1, (P + cpu::kActBwdColBlock - 1) / cpu::kActBwdColBlock);
   const int64_t col_width = (P + col_blocks - 1) / col_blocks;
   const RowChunks chunks(rows, P, nsum * P, col_blocks >= 16 ? 1 : kMaxChunks / col_blocks);
+  using acc_t = at::opmath_type<scalar_t>;
   scalar_t* zcs = static_cast<scalar_t*>(p.zbar_colsum);
-  scalar_t* scs = static_cast<scalar_t*>(p.s_bar);
+  acc_t* scs = static_cast<acc_t*>(p.s_bar);  // s̄ in the accumulation type, as s
   const auto cols_of = [&](int64_t blk) {
     return std::make_pair(blk * col_width, std::min(P, (blk + 1) * col_width));
   };
@@ -196,7 +197,7 @@ void act_bwd_cpu(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar, cons
         run_act_bwd<scalar_t, A>(p, 0, rows, cb, ce, sums);
         for (int64_t q = 0; q < w; ++q) {
           zcs[cb + q] = scalar_t(sums[q]);
-          if (!detach) scs[cb + q] = scalar_t(sums[w + q]);
+          if (!detach) scs[cb + q] = acc_t(sums[w + q]);
         }
       }
     });
@@ -223,7 +224,7 @@ void act_bwd_cpu(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar, cons
         if (!detach) ss += tile_sums(c, cb)[w + q];
       }
       zcs[cb + q] = scalar_t(zs);
-      if (!detach) scs[cb + q] = scalar_t(ss);
+      if (!detach) scs[cb + q] = acc_t(ss);
     }
   }
 }
@@ -290,6 +291,15 @@ void CpuStages::add_skip_grad(Tensor& out, const Tensor& y_bar, const Tensor& al
   GRADRES_CPU_FLOATS(out, "gradres add_skip_grad", [&] {
     add_skip_grad_cpu<scalar_t>(out, y_bar, alpha);
   });
+}
+
+Tensor CpuStages::conv_smap(const Tensor& w2, int64_t H, int64_t W, at::MemoryFormat fmt) {
+  return blocks::smap_cpu(w2, H, W, fmt);
+}
+
+Tensor CpuStages::conv_smap_adjoint(const Tensor& s_bar, int64_t C, int64_t H, int64_t W,
+                                    int64_t kh, int64_t kw, at::MemoryFormat fmt) {
+  return blocks::smap_adjoint_cpu(s_bar, C, H, W, kh, kw, fmt);
 }
 
 }  // namespace gradres

@@ -14,7 +14,7 @@ void act_fwd_rows(const ActFwdParams& p, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t P = p.P;
   const scalar_t* __restrict zp = static_cast<const scalar_t*>(p.z);
-  const scalar_t* __restrict sp = static_cast<const scalar_t*>(p.s);
+  const acc_t* __restrict sp = static_cast<const acc_t*>(p.s);
   scalar_t* __restrict ap = static_cast<scalar_t*>(p.a);
   scalar_t* __restrict dp = static_cast<scalar_t*>(p.d);
   for (int64_t n = begin; n < end; ++n) {
@@ -25,7 +25,7 @@ void act_fwd_rows(const ActFwdParams& p, int64_t begin, int64_t end) {
     for (int64_t q = 0; q < P; ++q) {
       const acc_t v = zr[q];
       ar[q] = scalar_t(Ops::f(v));
-      dr[q] = scalar_t(Ops::d1(v) * acc_t(sp[q]));
+      dr[q] = scalar_t(Ops::d1(v) * sp[q]);
     }
   }
 }
@@ -133,8 +133,7 @@ void act_bwd_tile(const ActBwdParams& p, int64_t row_begin, int64_t row_end, int
   const int64_t P = p.P, w = col_end - col_begin, nsum = p.detach ? 1 : 2;
   const int64_t grain = row_grain(P);
   const scalar_t* __restrict zp = static_cast<const scalar_t*>(p.z) + col_begin;
-  const scalar_t* __restrict sp =
-      p.detach ? nullptr : static_cast<const scalar_t*>(p.s) + col_begin;
+  const acc_t* __restrict sp = p.detach ? nullptr : static_cast<const acc_t*>(p.s) + col_begin;
   // z̄ may be ā's buffer and d d̄'s (CpuStages::kActBwdInPlace): those pairs are not __restrict.
   // Each element is read before it is written, at the same index, so the simd loops stay valid.
   const scalar_t* ab = static_cast<const scalar_t*>(p.a_bar) + col_begin;
