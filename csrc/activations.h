@@ -43,10 +43,16 @@ constexpr int kNumActs = 6;
 template <Act A>
 struct ActOps;
 
+// kSavesOutput: whether the block keeps a = φ(z) for its backward instead of z. For relu,
+// d1(φ(z)) = d1(z) bit for bit (φ(z) > 0 exactly where z > 0; NaN stays NaN) and φ'' = 0, so the
+// backward reads φ', φ'' off a (which the W̄2 GEMM reads anyway) with the same functions. Every
+// other activation keeps z, and the backward recomputes a = φ(z) in its pass over z (act_bwd).
+
 // relu: φ'' = 0, so kernels skip the second-order z̄ term (kD2IsZero).
 template <>
 struct ActOps<Act::Relu> {
   static constexpr bool kD2IsZero = true;
+  static constexpr bool kSavesOutput = true;
   // z < 0 ? 0 : z keeps NaN (like torch.relu); φ' = 0 only where z ≤ 0, so φ'(NaN) = 1 — the
   // convention of torch's relu backward (threshold_backward), which the reference uses.
   template <typename T> static GRADRES_HD T f(T z) { return z < T(0) ? T(0) : z; }
@@ -58,6 +64,7 @@ struct ActOps<Act::Relu> {
 template <>
 struct ActOps<Act::Gelu> {
   static constexpr bool kD2IsZero = false;
+  static constexpr bool kSavesOutput = false;
   template <typename T> static GRADRES_HD T cdf(T z) {
     return T(0.5) * (T(1) + act_math::erf(z * T(0.70710678118654752440)));
   }
@@ -73,6 +80,7 @@ struct ActOps<Act::Gelu> {
 template <>
 struct ActOps<Act::GeluTanh> {
   static constexpr bool kD2IsZero = false;
+  static constexpr bool kSavesOutput = false;
   static constexpr double kC = 0.79788456080286535588;  // sqrt(2/π)
   static constexpr double kK = 0.044715;
   template <typename T> static GRADRES_HD T th(T z) { return act_math::tanh(T(kC) * (z + T(kK) * z * z * z)); }
@@ -92,6 +100,7 @@ struct ActOps<Act::GeluTanh> {
 template <>
 struct ActOps<Act::Silu> {
   static constexpr bool kD2IsZero = false;
+  static constexpr bool kSavesOutput = false;
   template <typename T> static GRADRES_HD T sig(T z) { return T(1) / (T(1) + act_math::exp(-z)); }
   template <typename T> static GRADRES_HD T f(T z) { return z * sig(z); }
   template <typename T> static GRADRES_HD T d1(T z) { T s = sig(z); return s * (T(1) + z * (T(1) - s)); }
@@ -105,6 +114,7 @@ struct ActOps<Act::Silu> {
 template <>
 struct ActOps<Act::Tanh> {
   static constexpr bool kD2IsZero = false;
+  static constexpr bool kSavesOutput = false;
   template <typename T> static GRADRES_HD T f(T z) { return act_math::tanh(z); }
   template <typename T> static GRADRES_HD T d1(T z) { T t = act_math::tanh(z); return T(1) - t * t; }
   template <typename T> static GRADRES_HD T d2(T z) { T t = act_math::tanh(z); return T(-2) * t * (T(1) - t * t); }
@@ -114,6 +124,7 @@ struct ActOps<Act::Tanh> {
 template <>
 struct ActOps<Act::Sin> {
   static constexpr bool kD2IsZero = false;
+  static constexpr bool kSavesOutput = false;
   template <typename T> static GRADRES_HD T f(T z) { return act_math::sin(z); }
   template <typename T> static GRADRES_HD T d1(T z) { return act_math::cos(z); }
   template <typename T> static GRADRES_HD T d2(T z) { return -act_math::sin(z); }
@@ -133,3 +144,10 @@ struct ActOps<Act::Sin> {
       default: { constexpr auto A = ::gradres::Act::Sin; return __VA_ARGS__(); }   \
     }                                                                               \
   }()
+
+namespace gradres {
+// ActOps<act>::kSavesOutput for a runtime activation.
+inline bool act_saves_output(Act act) {
+  return GRADRES_DISPATCH_ACT(act, [&] { return ActOps<A>::kSavesOutput; });
+}
+}  // namespace gradres

@@ -14,6 +14,8 @@
 #include <string>
 #include <tuple>
 
+#include "blocks.h"
+
 namespace gradres {
 namespace {
 
@@ -50,7 +52,11 @@ const FamilyOps& family_ops(bool conv) {
 OptTensor as_optional(const Tensor& t) { return t.defined() ? OptTensor(t) : c10::nullopt; }
 
 // Saved: x, w1, b1 (undefined when None), w2, alpha and the forward's z, a, ĝ, r — what the
-// bwd op reads; z, a, ĝ, r are outputs that autograd never differentiates.
+// bwd op reads; z, a, ĝ, r are outputs that autograd never differentiates. Of z and a only the
+// one the activation keeps (blocks.h block_fwd: a for relu, z for the others; the other is a
+// one-element placeholder, not saved: the backward passes the kept tensor in both slots, and the
+// bwd op reads only the one it needs), so a block keeps one hidden-sized tensor, as plain
+// autograd's relu block does.
 template <bool kConv>
 struct BlockFunction : torch::autograd::Function<BlockFunction<kConv>> {
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& w1,
@@ -60,7 +66,9 @@ struct BlockFunction : torch::autograd::Function<BlockFunction<kConv>> {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [y, z, a, g_hat, r] = family_ops(kConv).fwd.call(x, w1, b1, w2, b2, alpha, activation,
                                                           normalize, eps, detach);
-    ctx->save_for_backward({x, w1, b1.value_or(Tensor()), w2, alpha, z, a, g_hat, r});
+    const bool keeps_a = act_saves_output(blocks::parse_act(activation));
+    ctx->save_for_backward({x, w1, b1.value_or(Tensor()), w2, alpha, keeps_a ? Tensor() : z,
+                            keeps_a ? a : Tensor(), g_hat, r});
     ctx->saved_data["activation"] = std::string(activation);
     ctx->saved_data["normalize"] = normalize;
     ctx->saved_data["eps"] = eps;
@@ -78,9 +86,10 @@ struct BlockFunction : torch::autograd::Function<BlockFunction<kConv>> {
     if (!y_bar.defined()) return out;  // y unused downstream (grads are not materialized)
     const auto saved = ctx->get_saved_variables();
     const Tensor& b1 = saved[2];
+    const Tensor& kept = saved[5].defined() ? saved[5] : saved[6];  // z, or a (relu)
     const std::string activation = ctx->saved_data["activation"].toStringRef();
     auto [x_bar, w1_bar, b1_bar, w2_bar, b2_bar, alpha_bar] = family_ops(kConv).bwd.call(
-        y_bar, saved[0], saved[1], as_optional(b1), saved[3], saved[4], saved[5], saved[6],
+        y_bar, saved[0], saved[1], as_optional(b1), saved[3], saved[4], kept, kept,
         saved[7], saved[8], activation, ctx->saved_data["normalize"].toBool(),
         ctx->saved_data["eps"].toDouble(), ctx->saved_data["detach"].toBool());
     out[0] = x_bar;

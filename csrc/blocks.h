@@ -128,22 +128,26 @@ inline Tensor rows_view(const Tensor& t, at::MemoryFormat fmt) {
   return t.view({t.size(0), cols});
 }
 
-// A per-feature vector of `t`'s features (C·H·W in (C, H, W) order) in the order of rows_view(t)'s
-// columns, and back.
-inline Tensor to_row_order(const Tensor& v, const Tensor& t, at::MemoryFormat fmt) {
-  if (fmt != at::MemoryFormat::ChannelsLast) return v;
-  return v.view({t.size(1), t.size(2), t.size(3)}).permute({1, 2, 0}).contiguous().view({-1});
-}
+// A per-feature vector of `t`'s features in the order of rows_view(t)'s columns, in (C, H, W)
+// order.
 inline Tensor from_row_order(const Tensor& v, const Tensor& t, at::MemoryFormat fmt) {
   if (fmt != at::MemoryFormat::ChannelsLast) return v;
   return v.view({t.size(2), t.size(3), t.size(1)}).permute({2, 0, 1}).contiguous().view({-1});
 }
 
-// The backward ops read z, ĝ, r, ȳ by raw pointer: check what the forward would have produced.
+// The hidden-sized tensor the forward keeps for the backward: a = φ(z) for an activation with
+// ActOps::kSavesOutput (relu), z for every other; the other slot of the ops' (z, a) pair holds a
+// one-element placeholder (a zero-size tensor's null data pointer would read as an alias of
+// every other empty output). Plain autograd keeps a for relu too, and z and a for the others.
+inline Tensor saved_placeholder(const Tensor& like) { return at::zeros({1}, like.options()); }
+
+// The backward ops read ȳ, the kept z (or a), ĝ, r by raw pointer: check what the forward would
+// have produced. The slot the activation does not keep is not read (any tensor of x's device and
+// dtype: the forward's placeholder, or the full tensor).
 inline void check_bwd_inputs(const Tensor& y_bar, const Tensor& x, const Tensor& w1,
                              const Tensor& w2, const Tensor& alpha, const Tensor& z,
                              const Tensor& a, const Tensor& g_hat, const Tensor& r,
-                             bool normalize) {
+                             bool normalize, Act act) {
   check_inputs(x, w1, c10::nullopt, w2, c10::nullopt, alpha);
   for (const auto& [t, name] : {std::pair<const Tensor&, const char*>{y_bar, "y_bar"},
                                 {z, "z"}, {a, "a"}, {g_hat, "g_hat"}})
@@ -158,10 +162,13 @@ inline void check_bwd_inputs(const Tensor& y_bar, const Tensor& x, const Tensor&
                     " and ", g_hat.sizes());
   auto z_sizes = x.sizes().vec();
   z_sizes[1] = w1.size(0);
-  TORCH_CHECK_VALUE(z.sizes() == c10::IntArrayRef(z_sizes), "z: expected shape ",
-                    c10::IntArrayRef(z_sizes), " (the forward's pre-activation), got ", z.sizes());
-  TORCH_CHECK_VALUE(a.sizes() == z.sizes(), "a: expected the shape of z ", z.sizes(), ", got ",
-                    a.sizes());
+  const bool keeps_a = act_saves_output(act);
+  const Tensor& kept = keeps_a ? a : z;
+  TORCH_CHECK_VALUE(kept.sizes() == c10::IntArrayRef(z_sizes), keeps_a ? "a" : "z",
+                    ": expected shape ", c10::IntArrayRef(z_sizes),
+                    keeps_a ? " (the forward's activation output, which it keeps for "
+                            : " (the forward's pre-activation, which it keeps for ",
+                    kActNames[static_cast<int>(act)], "), got ", kept.sizes());
   TORCH_CHECK_VALUE(r.dim() == 1 && r.size(0) == (normalize ? x.size(0) : 0) ,
                     "r: expected shape (", normalize ? x.size(0) : 0, ",), got ", r.sizes());
 }
@@ -173,18 +180,19 @@ inline void check_mlp_shapes(const Tensor& x, const Tensor& w1, const Tensor& w2
                     w1.sizes(), ", ", w2.sizes());
 }
 
-// The backward's per-sample tensor arguments, checked and dense in `fmt`; r contiguous.
+// The backward's per-sample tensor arguments, checked and dense in `fmt`; r contiguous. `kept`:
+// the forward's kept hidden-sized tensor (z, or a for kSavesOutput).
 struct BwdInputs {
-  Tensor y_bar, x, z, a, g_hat, r;
+  Tensor y_bar, x, kept, g_hat, r;
 };
 
 inline BwdInputs prepare_bwd(const Tensor& y_bar, const Tensor& x, const Tensor& w1,
                              const Tensor& w2, const Tensor& alpha, const Tensor& z,
                              const Tensor& a, const Tensor& g_hat, const Tensor& r,
-                             bool normalize, at::MemoryFormat fmt) {
-  check_bwd_inputs(y_bar, x, w1, w2, alpha, z, a, g_hat, r, normalize);
-  return {relayout(y_bar, fmt), relayout(x, fmt), z.contiguous(fmt),
-          a.contiguous(fmt),     g_hat.contiguous(fmt), r.contiguous()};
+                             bool normalize, Act act, at::MemoryFormat fmt) {
+  check_bwd_inputs(y_bar, x, w1, w2, alpha, z, a, g_hat, r, normalize, act);
+  return {relayout(y_bar, fmt), relayout(x, fmt), (act_saves_output(act) ? a : z).contiguous(fmt),
+          g_hat.contiguous(fmt), r.contiguous()};
 }
 
 inline Tensor empty_r(const Tensor& x, bool normalize) {
@@ -239,15 +247,22 @@ struct MLP {
     t_bar_acc.addmm_(u_bar, w);
     return at::mm(u_bar.t(), t);
   }
-  // (ā, W̄2, b̄2) of F = a W2ᵀ + b2 given ȳ
-  static std::tuple<Tensor, Tensor, Tensor> lin2_grads(const Tensor& y_bar, const Tensor& a,
-                                                       const Tensor& w2, at::MemoryFormat fmt) {
-    auto [a_bar, w2_bar] = lin_grads(y_bar, a, w2, fmt);
-    return {a_bar, w2_bar, y_bar.sum(0)};
+  // ā of F = a W2ᵀ + b2 given ȳ (`like`: a tensor of a's shape; the GEMM does not read it).
+  static Tensor input_grad(const Tensor& y_bar, const Tensor& w2, const Tensor& /*like*/,
+                           at::MemoryFormat /*fmt*/) {
+    return mlp_gemm(y_bar, w2, c10::nullopt);
   }
+  // (W̄2, b̄2) of F = a W2ᵀ + b2 given ȳ.
+  static std::tuple<Tensor, Tensor> weight_bias_grads(const Tensor& y_bar, const Tensor& a,
+                                                      const Tensor& /*w2*/) {
+    return {at::mm(y_bar.t(), a), y_bar.sum(0)};
+  }
+  // s = W2ᵀ1 summed and kept in the accumulation type (float32 for half/bfloat16 weights).
+  template <typename Stages>
   static Tensor smap(const Tensor& w2, const Tensor& /*z*/, at::MemoryFormat /*fmt*/) {
-    return w2.sum(0);
+    return w2.sum(0, /*keepdim=*/false, at::toOpMathType(w2.scalar_type()));
   }
+  template <typename Stages>
   static void add_smap_adjoint(Tensor& w2_bar, const Tensor& s_bar, const Tensor& /*z*/,
                                at::MemoryFormat /*fmt*/) {
     w2_bar.add_(s_bar.unsqueeze(0));  // every row of W2 gets s̄
@@ -275,14 +290,6 @@ inline std::tuple<Tensor, Tensor, Tensor> conv_grads(const Tensor& u_bar, const 
   const std::vector<int64_t> bias_sizes = {w.size(0)};
   return at::convolution_backward(u_bar, t, w, bias_sizes, {1, 1}, same_pad(w), {1, 1}, false,
                                   {0, 0}, 1, mask);
-}
-
-// R[u, i] = 1 where kernel tap u reaches output row i: 0 ≤ i − u + k/2 < n.
-inline Tensor border(int64_t k, int64_t n, const Tensor& like) {
-  auto u = at::arange(k, like.options().dtype(at::kLong)).unsqueeze(1);
-  auto i = at::arange(n, like.options().dtype(at::kLong)).unsqueeze(0);
-  auto o = i - u + k / 2;
-  return ((o >= 0) & (o < n)).to(like.scalar_type());
 }
 
 // Offsets of a per-feature (C, H, W) vector in the row order of `fmt` (rows_view's columns):
@@ -324,13 +331,13 @@ inline int64_t first_tap(int64_t p, int64_t k, int64_t n) {
 inline int64_t last_tap(int64_t p, int64_t k) { return std::min<int64_t>(k - 1, p + k / 2); }
 
 // S[c, i, j] = Σ_{u,v} W2.sum(0)[c, u, v]·R[u, i]·Q[v, j] on CPU by its two separable sums over
-// the taps that reach (i, j) — the einsum of Conv::smap without its small ops — written straight
-// in the row order of `fmt` (no permuted copy of a channels_last block's map).
+// the taps that reach (i, j), written straight in the row order of `fmt` (no permuted copy of a
+// channels_last block's map), in the accumulation type (float32 for half/bfloat16 weights).
 inline Tensor smap_cpu(const Tensor& w2, int64_t H, int64_t W, at::MemoryFormat fmt) {
   RECORD_FUNCTION("gradres::smap", std::vector<c10::IValue>());
   const int64_t O = w2.size(0), C = w2.size(1), kh = w2.size(2), kw = w2.size(3);
   const FeatureIndex at_{C, H, W, fmt == at::MemoryFormat::ChannelsLast};
-  Tensor out = at::empty({C * H * W}, w2.options());
+  Tensor out = at::empty({C * H * W}, w2.options().dtype(at::toOpMathType(w2.scalar_type())));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w2.scalar_type(), "smap_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     // ws = W2.sum(0): (C, kh, kw), summed over the output channels in the accumulation type,
@@ -383,7 +390,7 @@ inline Tensor smap_cpu(const Tensor& w2, int64_t H, int64_t W, at::MemoryFormat 
       full[q] = t;
     }
     // Run k of the map is row i = k mod H of the slice's part starting at (k / H)·run.
-    scalar_t* sp = out.data_ptr<scalar_t>();
+    acc_t* sp = out.data_ptr<acc_t>();
     at::parallel_for(0, C * H * W / std::max<int64_t>(run, 1), 1, [&](int64_t kb, int64_t ke) {
       std::vector<acc_t> partial(static_cast<size_t>(run));  // a run not every tap row reaches
       for (int64_t k = kb; k < ke; ++k) {
@@ -398,8 +405,7 @@ inline Tensor smap_cpu(const Tensor& w2, int64_t H, int64_t W, at::MemoryFormat 
           }
           src = partial.data();
         }
-        scalar_t* dst = sp + k * run;
-        for (int64_t q = 0; q < run; ++q) dst[q] = scalar_t(src[q]);
+        std::copy(src, src + run, sp + k * run);
       }
     });
   });
@@ -408,8 +414,8 @@ inline Tensor smap_cpu(const Tensor& w2, int64_t H, int64_t W, at::MemoryFormat 
 
 // T[c, u, v] = Σ_{i,j} S̄[c, i, j]·R[u, i]·Q[v, j] on CPU, the adjoint of smap_cpu: per tap (u, v)
 // the sum of S̄[c] over the positions the tap reaches — the row sums of the rows it reaches less
-// the few columns it does not. s_bar in the row order of `fmt`; sums in double, in one thread (a
-// fixed order: the same bits at every thread count). (C, kh, kw).
+// the few columns it does not. s_bar in the row order of `fmt` and the accumulation type; sums in
+// double, in one thread (a fixed order: the same bits at every thread count). (C, kh, kw).
 inline Tensor smap_adjoint_cpu(const Tensor& s_bar_, int64_t C, int64_t H, int64_t W, int64_t kh,
                                int64_t kw, at::MemoryFormat fmt) {
   RECORD_FUNCTION("gradres::smap_adjoint", std::vector<c10::IValue>());
@@ -521,33 +527,31 @@ struct Conv {
     auto g = conv_grads(u_bar, t, w, {true, true, false});
     return {std::get<0>(g).contiguous(fmt), std::get<1>(g)};
   }
-  static std::tuple<Tensor, Tensor, Tensor> lin2_grads(const Tensor& y_bar, const Tensor& a,
-                                                       const Tensor& w2, at::MemoryFormat fmt) {
-    auto g = conv_grads(y_bar, a, w2, {true, true, true});
-    return {std::get<0>(g).contiguous(fmt), std::get<1>(g), std::get<2>(g)};
+  // ā apart from (W̄2, b̄2): the backward recomputes a (act_bwd) after ā and before W̄2. Apart,
+  // the two take no longer than one convolution_backward for all three (oneDNN runs them as
+  // separate primitives either way; 4×64×48×48, 2 cores). `like` gives a's shape and format only.
+  static Tensor input_grad(const Tensor& y_bar, const Tensor& w2, const Tensor& like,
+                           at::MemoryFormat fmt) {
+    return std::get<0>(conv_grads(y_bar, like, w2, {true, false, false})).contiguous(fmt);
+  }
+  static std::tuple<Tensor, Tensor> weight_bias_grads(const Tensor& y_bar, const Tensor& a,
+                                                      const Tensor& w2) {
+    auto g = conv_grads(y_bar, a, w2, {false, true, true});
+    return {std::get<1>(g), std::get<2>(g)};
   }
   // S[c,i,j] = Σ_{u,v} W2.sum(0)[c,u,v] R[u,i] Q[v,j]: ∂ΣF/∂a, independent of x; flattened in
-  // the row order of fmt.
+  // the row order of fmt, in the accumulation type. One stage per device (CPU: smap_cpu; CUDA:
+  // one kernel, W2's channel sums and the border taps together), once per op call at most.
+  template <typename Stages>
   static Tensor smap(const Tensor& w2, const Tensor& z, at::MemoryFormat fmt) {
-    if (w2.is_cpu()) return smap_cpu(w2, z.size(2), z.size(3), fmt);
-    const Tensor s = at::einsum("cuv,ui,vj->cij", {w2.sum(0), border(w2.size(2), z.size(2), w2),
-                                                   border(w2.size(3), z.size(3), w2)})
-                         .contiguous()
-                         .view({-1});
-    return to_row_order(s, z, fmt);
+    return Stages::conv_smap(w2, z.size(2), z.size(3), fmt);
   }
   // W̄2[o,c,u,v] += Σ_{i,j} S̄[c,i,j] R[u,i] Q[v,j] for every o; s_bar in the row order of fmt.
+  template <typename Stages>
   static void add_smap_adjoint(Tensor& w2_bar, const Tensor& s_bar, const Tensor& z,
                                at::MemoryFormat fmt) {
-    const int64_t C = w2_bar.size(1), H = z.size(2), W = z.size(3);
-    if (w2_bar.is_cpu()) {
-      w2_bar.add_(smap_adjoint_cpu(s_bar, C, H, W, w2_bar.size(2), w2_bar.size(3), fmt)
-                      .unsqueeze(0));
-      return;
-    }
-    const Tensor sb = from_row_order(s_bar, z, fmt).view({C, H, W});
-    w2_bar.add_(at::einsum("cij,ui,vj->cuv", {sb, border(w2_bar.size(2), H, w2_bar),
-                                              border(w2_bar.size(3), W, w2_bar)})
+    w2_bar.add_(Stages::conv_smap_adjoint(s_bar, w2_bar.size(1), z.size(2), z.size(3),
+                                          w2_bar.size(2), w2_bar.size(3), fmt)
                     .unsqueeze(0));
   }
   // b̄1 from the column sums of z̄ (row order of fmt).
@@ -558,8 +562,10 @@ struct Conv {
   }
 };
 
-// Forward of docs/DESIGN.md §1. Returns y and what the backward needs: z, a = φ(z) (kept rather than
-// recomputed: the W̄2 GEMM reads it, and plain autograd keeps it too), ĝ, r.
+// Forward of docs/DESIGN.md §1. Returns y and what the backward needs — ĝ, r and one
+// hidden-sized tensor — in the slots (z, a, ĝ, r): a = φ(z) for an activation with kSavesOutput
+// (relu; the W̄2 GEMM reads it and φ' reads off it), z for the others (the backward recomputes a
+// in its pass over z); the other slot a one-element placeholder (saved_placeholder).
 template <typename Fam, typename Stages>
 Tensor5 block_fwd(const Tensor& x_, const Tensor& w1_, const c10::optional<Tensor>& b1,
                   const Tensor& w2_, const c10::optional<Tensor>& b2, const Tensor& alpha,
@@ -571,7 +577,7 @@ Tensor5 block_fwd(const Tensor& x_, const Tensor& w1_, const c10::optional<Tenso
   const Tensor x = relayout(x_, fmt), w1 = Fam::weight(w1_, fmt), w2 = Fam::weight(w2_, fmt);
   // The GEMMs / convolutions add the biases (stages.h says why).
   const Tensor z = Fam::lin(x, w1, b1, fmt);
-  const Tensor s = Fam::smap(w2_, z, fmt);
+  const Tensor s = Fam::template smap<Stages>(w2_, z, fmt);
   Tensor a = at::empty_like(z, z.options(), fmt), d = at::empty_like(z, z.options(), fmt);
   Tensor av = rows_view(a, fmt), dv = rows_view(d, fmt);
   Stages::act_fwd(rows_view(z, fmt), s, act, av, dv);
@@ -580,7 +586,9 @@ Tensor5 block_fwd(const Tensor& x_, const Tensor& w1_, const c10::optional<Tenso
   Tensor r = empty_r(x, normalize);
   Tensor yv = rows_view(y, fmt), gv = rows_view(g, fmt);
   Stages::mix_fwd(yv, gv, rows_view(x, fmt), alpha, normalize, eps, r);
-  return {relayout(y, sample_format(x_)), z, a, g, r};
+  const bool keeps_a = act_saves_output(act);
+  return {relayout(y, sample_format(x_)), keeps_a ? saved_placeholder(x) : z,
+          keeps_a ? a : saved_placeholder(x), g, r};
 }
 
 // Backward of docs/DESIGN.md §2. Returns (x̄, W̄1, b̄1, W̄2, b̄2, ᾱ); b̄1, b̄2 always computed.
@@ -593,8 +601,10 @@ Tensor6 block_bwd(const Tensor& y_bar_, const Tensor& x_, const Tensor& w1_,
   const Act act = parse_act(activation);
   Fam::check(x_, w1_, w2_);
   const at::MemoryFormat fmt = Fam::work_format(x_);
-  const auto [y_bar, x, z, a, g_hat, r] =
-      prepare_bwd(y_bar_, x_, w1_, w2_, alpha, z_, a_, g_hat_, r_, normalize, fmt);
+  // z: what the forward kept — z, or a = φ(z) for kSavesOutput (φ', φ'' read the same off it).
+  const auto [y_bar, x, z, g_hat, r] =
+      prepare_bwd(y_bar_, x_, w1_, w2_, alpha, z_, a_, g_hat_, r_, normalize, act, fmt);
+  const bool keeps_a = act_saves_output(act);
   const Tensor w1 = Fam::weight(w1_, fmt), w2 = Fam::weight(w2_, fmt);
   Tensor g_bar = detach ? Tensor() : at::empty_like(x, x.options(), fmt);
   Tensor gbv = detach ? Tensor() : rows_view(g_bar, fmt);
@@ -609,10 +619,10 @@ Tensor6 block_bwd(const Tensor& y_bar_, const Tensor& x_, const Tensor& w1_,
     Stages::mix_bwd(rows_view(y_bar, fmt), rows_view(g_hat, fmt), rows_view(x, fmt), r, alpha,
                     normalize, detach, gbv, alpha_bar, xbv, seed_x_bar);
 
-  auto [a_bar, w2_bar, b2_bar] = Fam::lin2_grads(y_bar, a, w2, fmt);
+  const Tensor a_bar = Fam::input_grad(y_bar, w2, z, fmt);
   const Tensor d_bar = detach ? Tensor() : Fam::lin(g_bar, w1, c10::nullopt, fmt);
   // s only feeds the second-order terms (d, z̄'s φ'' term): detach mode skips the S-map.
-  const Tensor s = detach ? Tensor() : Fam::smap(w2_, z, fmt);
+  const Tensor s = detach ? Tensor() : Fam::template smap<Stages>(w2_, z, fmt);
   // ā and d̄ are fresh results read only by act_bwd: where the stages allow it, z̄ and d take
   // their buffers (both are dense in fmt, as rows_view checks).
   const auto out_buffer = [&](const Tensor& in) {
@@ -624,10 +634,14 @@ Tensor6 block_bwd(const Tensor& y_bar_, const Tensor& x_, const Tensor& w1_,
   Tensor dv = detach ? Tensor() : rows_view(d, fmt);
   Tensor zbar_colsum = at::empty({zbv.size(1)}, z.options());
   Tensor s_bar = detach ? Tensor() : at::empty_like(s);
+  // a = φ(z) for the W̄2 GEMM: kept by the forward, or recomputed by act_bwd in its pass over z.
+  const Tensor a = keeps_a ? z : at::empty_like(z, z.options(), fmt);
+  Tensor av = keeps_a ? Tensor() : rows_view(a, fmt);
   Stages::act_bwd(rows_view(z, fmt), rows_view(a_bar, fmt),
-                  detach ? Tensor() : rows_view(d_bar, fmt), s, act, detach, zbv, dv, zbar_colsum,
-                  s_bar);
-  if (!detach) Fam::add_smap_adjoint(w2_bar, s_bar, z, fmt);
+                  detach ? Tensor() : rows_view(d_bar, fmt), s, act, detach, zbv, dv, av,
+                  zbar_colsum, s_bar);
+  auto [w2_bar, b2_bar] = Fam::weight_bias_grads(y_bar, a, w2);
+  if (!detach) Fam::template add_smap_adjoint<Stages>(w2_bar, s_bar, z, fmt);
   // x̄ = W1ᵀz̄ (+ skip) with W̄1 = z̄ᵀx (+ dᵀḡ): two GEMMs/convs into one result rather than one
   // over stacked [x; ḡ], which would copy x and allocate 2N-sample buffers every call.
   Tensor w1_bar;

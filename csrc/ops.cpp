@@ -9,8 +9,9 @@
 #include <string>
 #include <vector>
 
-// The forward returns y and the intermediates its backward reads (z, a, ĝ, r); `detach` only
-// selects that backward. The backward takes b1 and eps although its kernels do not read them: its own
+// The forward returns y and the intermediates its backward reads (z, a, ĝ, r; of z and a only the
+// one the activation keeps — a for relu, z otherwise — the other a one-element placeholder:
+// blocks.h block_fwd); `detach` only selects that backward. The backward takes b1 and eps although its kernels do not read them: its own
 // (composite) backward recomputes z = L1(x) + b1 and r from them.
 //
 // Tagged flexible_layout: the kernels take inputs of any strides (they lay them out themselves, a

@@ -23,7 +23,7 @@ inline void* data_or_null(const Tensor& t) { return t.defined() ? t.data_ptr() :
 // The stage signatures, spelled once for both devices' structs.
 #define GRADRES_STAGE_DECLARATIONS                                                                \
   /* a = φ(z), d = φ'(z)·s[p]  (z already holds its bias: the GEMM or convolution adds it)      \
-     z, a, d: (rows, P); s: (P,) */                                                               \
+     z, a, d: (rows, P); s: (P,) in the accumulation type */                                                               \
   static void act_fwd(const Tensor& z, const Tensor& s, Act act, Tensor& a, Tensor& d);           \
   /* Per row n: r[n] = sqrt(Σ_q g² + eps²), g ← g/r (when normalize), f ← f + (1−m)·x + m·ĝ     \
      (= y; f holds F with its bias). f, g, x: (rows, Q); r: (rows,) in the accumulation type     \
@@ -37,13 +37,22 @@ inline void* data_or_null(const Tensor& t) { return t.defined() ? t.data_ptr() :
                       const Tensor& alpha, bool normalize, bool detach, Tensor& g_bar,            \
                       Tensor& alpha_bar, Tensor& x_bar, bool set_x_bar);                          \
   /* z̄ = ā·φ'(z) [+ d̄·s·φ''(z)]; d = φ'(z)·s; column sums: zbar_colsum[p] = Σ_n z̄,              \
-     s_bar[p] = Σ_n d̄·φ'(z). Second-order outputs (d, s_bar), d̄ and s inputs only when     \
-     !detach (detach mode passes an undefined s). */                                          \
+     s_bar[p] = Σ_n d̄·φ'(z) (s, s_bar in the accumulation type); a = φ(z) when `a` is defined. \
+     Second-order outputs (d, s_bar),                                                          \
+     d̄ and s inputs only when !detach (detach mode passes an undefined s). `z` is the tensor   \
+     the forward kept: z, or a = φ(z) for ActOps<act>::kSavesOutput (then `a` is undefined). */ \
   static void act_bwd(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar, const Tensor& s, \
-                      Act act, bool detach, Tensor& z_bar, Tensor& d, Tensor& zbar_colsum,        \
-                      Tensor& s_bar);                                                             \
+                      Act act, bool detach, Tensor& z_bar, Tensor& d, Tensor& a,                  \
+                      Tensor& zbar_colsum, Tensor& s_bar);                                        \
   /* out += (1 − m)·ȳ  (x̄'s identity-path term), m = sigmoid(alpha[0]). */                        \
-  static void add_skip_grad(Tensor& out, const Tensor& y_bar, const Tensor& alpha);
+  static void add_skip_grad(Tensor& out, const Tensor& y_bar, const Tensor& alpha);               \
+  /* The conv S-map of w2 (O, C, kh, kw) for H×W maps, (C·H·W,) in the row order of `fmt`, in   \
+     the accumulation type (docs/DESIGN.md §1; blocks.h Conv::smap). */                           \
+  static Tensor conv_smap(const Tensor& w2, int64_t H, int64_t W, at::MemoryFormat fmt);          \
+  /* Its adjoint: (C, kh, kw) in s_bar's dtype (the accumulation type), s_bar in the row order   \
+     of `fmt`. */                                                                                 \
+  static Tensor conv_smap_adjoint(const Tensor& s_bar, int64_t C, int64_t H, int64_t W,           \
+                                  int64_t kh, int64_t kw, at::MemoryFormat fmt);
 
 // The GEMMs and convolutions add their own biases on both devices, so the stages never do:
 // cuBLASLt adds it in the GEMM's epilogue, and on CPU ATen's addmm, which copies the broadcast

@@ -165,12 +165,13 @@ void mix_bwd_cpu(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x, cons
 
 template <typename scalar_t, Act A>
 void act_bwd_cpu(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar, const Tensor& s,
-                 bool detach, Tensor& z_bar, Tensor& d, Tensor& zbar_colsum, Tensor& s_bar) {
+                 bool detach, Tensor& z_bar, Tensor& d, Tensor& a, Tensor& zbar_colsum,
+                 Tensor& s_bar) {
   const int64_t rows = z.size(0), P = z.size(1);
   const ActBwdParams p{z.data_ptr(), a_bar.data_ptr(), detach ? nullptr : d_bar.data_ptr(),
                        detach ? nullptr : s.data_ptr(), z_bar.data_ptr(), detach ? nullptr : d.data_ptr(),
-                       zbar_colsum.data_ptr(), detach ? nullptr : s_bar.data_ptr(), rows, P, A,
-                       detach};
+                       data_or_null(a), zbar_colsum.data_ptr(), detach ? nullptr : s_bar.data_ptr(),
+                       rows, P, A, detach};
   // Column sums, in tiles that depend only on the shape (so results are bit-identical for any
   // thread count): column blocks of ≤ kActBwdColBlock columns × row chunks. Wide rows (conv:
   // P = C·H·W) get one row chunk: each tile sums all rows of its columns on the stack and writes
@@ -180,8 +181,9 @@ void act_bwd_cpu(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar, cons
       1, (P + cpu::kActBwdColBlock - 1) / cpu::kActBwdColBlock);
   const int64_t col_width = (P + col_blocks - 1) / col_blocks;
   const RowChunks chunks(rows, P, nsum * P, col_blocks >= 16 ? 1 : kMaxChunks / col_blocks);
+  using acc_t = at::opmath_type<scalar_t>;
   scalar_t* zcs = static_cast<scalar_t*>(p.zbar_colsum);
-  scalar_t* scs = static_cast<scalar_t*>(p.s_bar);
+  acc_t* scs = static_cast<acc_t*>(p.s_bar);  // s̄ in the accumulation type, as s
   const auto cols_of = [&](int64_t blk) {
     return std::make_pair(blk * col_width, std::min(P, (blk + 1) * col_width));
   };
@@ -195,7 +197,7 @@ void act_bwd_cpu(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar, cons
         run_act_bwd<scalar_t, A>(p, 0, rows, cb, ce, sums);
         for (int64_t q = 0; q < w; ++q) {
           zcs[cb + q] = scalar_t(sums[q]);
-          if (!detach) scs[cb + q] = scalar_t(sums[w + q]);
+          if (!detach) scs[cb + q] = acc_t(sums[w + q]);
         }
       }
     });
@@ -222,7 +224,7 @@ void act_bwd_cpu(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar, cons
         if (!detach) ss += tile_sums(c, cb)[w + q];
       }
       zcs[cb + q] = scalar_t(zs);
-      if (!detach) scs[cb + q] = scalar_t(ss);
+      if (!detach) scs[cb + q] = acc_t(ss);
     }
   }
 }
@@ -275,11 +277,11 @@ void CpuStages::mix_bwd(const Tensor& y_bar, const Tensor& g_hat, const Tensor& 
 
 void CpuStages::act_bwd(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar,
                         const Tensor& s, Act act, bool detach, Tensor& z_bar, Tensor& d,
-                        Tensor& zbar_colsum, Tensor& s_bar) {
+                        Tensor& a, Tensor& zbar_colsum, Tensor& s_bar) {
   RECORD_FUNCTION("gradres::act_bwd", std::vector<c10::IValue>());
   GRADRES_CPU_FLOATS(z, "gradres act_bwd", [&] {
     GRADRES_DISPATCH_ACT(act, [&] {
-      act_bwd_cpu<scalar_t, A>(z, a_bar, d_bar, s, detach, z_bar, d, zbar_colsum, s_bar);
+      act_bwd_cpu<scalar_t, A>(z, a_bar, d_bar, s, detach, z_bar, d, a, zbar_colsum, s_bar);
     });
   });
 }
@@ -289,6 +291,15 @@ void CpuStages::add_skip_grad(Tensor& out, const Tensor& y_bar, const Tensor& al
   GRADRES_CPU_FLOATS(out, "gradres add_skip_grad", [&] {
     add_skip_grad_cpu<scalar_t>(out, y_bar, alpha);
   });
+}
+
+Tensor CpuStages::conv_smap(const Tensor& w2, int64_t H, int64_t W, at::MemoryFormat fmt) {
+  return blocks::smap_cpu(w2, H, W, fmt);
+}
+
+Tensor CpuStages::conv_smap_adjoint(const Tensor& s_bar, int64_t C, int64_t H, int64_t W,
+                                    int64_t kh, int64_t kw, at::MemoryFormat fmt) {
+  return blocks::smap_adjoint_cpu(s_bar, C, H, W, kh, kw, fmt);
 }
 
 }  // namespace gradres

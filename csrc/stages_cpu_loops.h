@@ -14,7 +14,7 @@ void act_fwd_rows(const ActFwdParams& p, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t P = p.P;
   const scalar_t* __restrict zp = static_cast<const scalar_t*>(p.z);
-  const scalar_t* __restrict sp = static_cast<const scalar_t*>(p.s);
+  const acc_t* __restrict sp = static_cast<const acc_t*>(p.s);
   scalar_t* __restrict ap = static_cast<scalar_t*>(p.a);
   scalar_t* __restrict dp = static_cast<scalar_t*>(p.d);
   for (int64_t n = begin; n < end; ++n) {
@@ -25,7 +25,7 @@ void act_fwd_rows(const ActFwdParams& p, int64_t begin, int64_t end) {
     for (int64_t q = 0; q < P; ++q) {
       const acc_t v = zr[q];
       ar[q] = scalar_t(Ops::f(v));
-      dr[q] = scalar_t(Ops::d1(v) * acc_t(sp[q]));
+      dr[q] = scalar_t(Ops::d1(v) * sp[q]);
     }
   }
 }
@@ -118,12 +118,13 @@ double mix_bwd_rows(const MixBwdParams& p, int64_t begin, int64_t end) {
   return part;
 }
 
-// z̄ = ā·φ'(z) [+ d̄·s·φ''(z)], d = φ'(z)·s over rows [row_begin, row_end) × columns
-// [col_begin, col_end) (at most kActBwdColBlock of them); the tile's column sums Σz̄ (then
-// Σd̄·φ'(z)) are added into sums[0, w) (then sums[w, 2w)), w = col_end − col_begin: row_grain(P)
-// rows at a time summed in acc_t (the loop's type, so it vectorizes), then added in double; rows
-// of 32768 columns or more (grain 1) straight in double, which gives the same bits without the
-// per-row fill and add-out of a one-row partial (3 passes over the tile's sums per row).
+// z̄ = ā·φ'(z) [+ d̄·s·φ''(z)], d = φ'(z)·s (and a = φ(z) when p.a is set) over rows
+// [row_begin, row_end) × columns [col_begin, col_end) (at most kActBwdColBlock of them); the
+// tile's column sums Σz̄ (then Σd̄·φ'(z)) are added into sums[0, w) (then sums[w, 2w)),
+// w = col_end − col_begin: row_grain(P) rows at a time summed in acc_t (the loop's type, so it
+// vectorizes), then added in double; rows of 32768 columns or more (grain 1) straight in double,
+// which gives the same bits without the per-row fill and add-out of a one-row partial (3 passes
+// over the tile's sums per row).
 template <typename scalar_t, Act A>
 void act_bwd_tile(const ActBwdParams& p, int64_t row_begin, int64_t row_end, int64_t col_begin,
                   int64_t col_end, double* sums) {
@@ -132,22 +133,26 @@ void act_bwd_tile(const ActBwdParams& p, int64_t row_begin, int64_t row_end, int
   const int64_t P = p.P, w = col_end - col_begin, nsum = p.detach ? 1 : 2;
   const int64_t grain = row_grain(P);
   const scalar_t* __restrict zp = static_cast<const scalar_t*>(p.z) + col_begin;
-  const scalar_t* __restrict sp =
-      p.detach ? nullptr : static_cast<const scalar_t*>(p.s) + col_begin;
+  const acc_t* __restrict sp = p.detach ? nullptr : static_cast<const acc_t*>(p.s) + col_begin;
   // z̄ may be ā's buffer and d d̄'s (CpuStages::kActBwdInPlace): those pairs are not __restrict.
   // Each element is read before it is written, at the same index, so the simd loops stay valid.
   const scalar_t* ab = static_cast<const scalar_t*>(p.a_bar) + col_begin;
   const scalar_t* db = p.detach ? nullptr : static_cast<const scalar_t*>(p.d_bar) + col_begin;
   scalar_t* zb = static_cast<scalar_t*>(p.z_bar) + col_begin;
   scalar_t* dp = p.detach ? nullptr : static_cast<scalar_t*>(p.d) + col_begin;
-  // One row's z̄ (and d), its column sums added into zc (and sc): acc_t partials or doubles.
-  const auto row = [&](int64_t n, auto* __restrict zc, auto* __restrict sc) {
+  scalar_t* __restrict ap = p.a ? static_cast<scalar_t*>(p.a) + col_begin : nullptr;
+  // One row's z̄ (and d, a), its column sums added into zc (and sc): acc_t partials or doubles.
+  // kA: whether the row also writes a = φ(z) (a compile-time branch, so the loops stay simd).
+  const auto row = [&](auto kA, int64_t n, auto* __restrict zc, auto* __restrict sc) {
     using sum_t = std::decay_t<decltype(zc[0])>;
+    constexpr bool write_a = decltype(kA)::value;
     const int64_t o = n * P;
     if (p.detach) {
 #pragma omp simd
       for (int64_t q = 0; q < w; ++q) {
-        const acc_t zbar = acc_t(ab[o + q]) * Ops::d1(acc_t(zp[o + q]));
+        const acc_t v = zp[o + q];
+        const acc_t zbar = acc_t(ab[o + q]) * Ops::d1(v);
+        if constexpr (write_a) ap[o + q] = scalar_t(Ops::f(v));
         zb[o + q] = scalar_t(zbar);
         zc[q] += sum_t(zbar);
       }
@@ -159,21 +164,29 @@ void act_bwd_tile(const ActBwdParams& p, int64_t row_begin, int64_t row_end, int
       const acc_t d1 = Ops::d1(v), dbar = db[o + q], sv = sp[q];
       acc_t zbar = acc_t(ab[o + q]) * d1;
       if (!Ops::kD2IsZero) zbar += dbar * sv * Ops::d2(v);
+      if constexpr (write_a) ap[o + q] = scalar_t(Ops::f(v));
       zb[o + q] = scalar_t(zbar);
       dp[o + q] = scalar_t(d1 * sv);
       zc[q] += sum_t(zbar);
       sc[q] += sum_t(dbar * d1);
     }
   };
+  // kSavesOutput activations never recompute a (their `z` is a already).
+  const auto rows = [&](int64_t b, int64_t e, auto* zc, auto* sc) {
+    if (!Ops::kSavesOutput && ap) {
+      for (int64_t n = b; n < e; ++n) row(std::true_type{}, n, zc, sc);
+    } else {
+      for (int64_t n = b; n < e; ++n) row(std::false_type{}, n, zc, sc);
+    }
+  };
   if (grain == 1) {  // wide rows (conv): straight into the doubles (what 1-row partials give)
-    for (int64_t n = row_begin; n < row_end; ++n) row(n, sums, sums + w);
+    rows(row_begin, row_end, sums, sums + w);
     return;
   }
   acc_t block[2 * kActBwdColBlock];
   for (int64_t b = row_begin; b < row_end; b += grain) {
     std::fill(block, block + nsum * w, acc_t(0));
-    const int64_t block_end = std::min(b + grain, row_end);
-    for (int64_t n = b; n < block_end; ++n) row(n, block, block + w);
+    rows(b, std::min(b + grain, row_end), block, block + w);
     for (int64_t i = 0; i < nsum * w; ++i) sums[i] += double(block[i]);
   }
 }

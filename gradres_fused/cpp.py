@@ -56,18 +56,27 @@ def _empty_like_x(x: torch.Tensor) -> torch.Tensor:
     return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_sample_format(x))
 
 
+# The activations whose block keeps its output a = φ(z) for the backward instead of z
+# (csrc/activations.h ActOps::kSavesOutput: φ' and φ'' read the same off a; tests/test_cpp.py
+# checks this set against the ops for every activation).
+SAVES_OUTPUT = frozenset({"relu"})
+
+
 def _fake_saved(family: str):
-    """z and a are hidden-shaped, ĝ like x, all three in x's format (the block computes in it:
-    csrc/blocks.h's Fam::work_format); r one per sample (empty unless normalize) in
-    fused_op.norm_dtype."""
-    def saved(x, w1, normalize):
+    """One of z and a is hidden-shaped — a for an activation in SAVES_OUTPUT, z otherwise — and
+    the other a one-element placeholder (csrc/blocks.h block_fwd); ĝ like x; the hidden-shaped
+    one and ĝ in x's format (the block computes in it: csrc/blocks.h's Fam::work_format); r one
+    per sample (empty unless normalize) in fused_op.norm_dtype."""
+    def saved(x, w1, normalize, activation):
         hidden = ((x.shape[0], w1.shape[0]) if family == "mlp"
                   else (x.shape[0], w1.shape[0], *x.shape[2:]))
         fmt = _sample_format(x)
 
         def empty(shape):
             return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
-        return (empty(hidden), empty(hidden), empty(x.shape),
+        kept, placeholder = empty(hidden), x.new_empty((1,))
+        z, a = (placeholder, kept) if activation in SAVES_OUTPUT else (kept, placeholder)
+        return (z, a, empty(x.shape),
                 x.new_empty((x.shape[0] if normalize else 0,), dtype=fused_op.norm_dtype(x.dtype)))
     return saved
 
@@ -76,7 +85,8 @@ if IMPORT_ERROR is None:
     for _family in ("mlp", "conv2d"):
         fused_op.register(*fused_op.OP_NAMES["cpp", _family], _family,
                           _fake_saved(_family), fake_like_x=_empty_like_x,
-                          fake_like_w=_empty_like_x, fwd_autograd=False)
+                          fake_like_w=_empty_like_x, fwd_autograd=False,
+                          saved_by_activation=True)
 
 
 def gradres_mlp(x, w1, b1, w2, b2, alpha, **options):

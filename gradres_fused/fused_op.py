@@ -5,8 +5,8 @@
     bwd(ȳ, x, w1, b1?, w2, alpha, z, a, ĝ, r, activation, normalize, eps, detach)
         -> (x̄, W̄1, b̄1, W̄2, b̄2, ᾱ)
 
-z, a, ĝ, r are what the backend's backward reads (a backend that recomputes them returns empty
-tensors); autograd never differentiates them. r, the per-sample norms, is kept in the accumulation
+z, a, ĝ, r are what the backend's backward reads (a backend that recomputes them returns
+placeholders: the cpp ops keep only one of z and a, by activation, docs/DESIGN.md §2 memory); autograd never differentiates them. r, the per-sample norms, is kept in the accumulation
 type (`norm_dtype`), not in x's: a bfloat16 r alone would cost up to 2⁻⁹ relative error in ḡ. Fake (meta) kernels let torch.compile trace the ops.
 The forward's backward is the fused bwd op; the bwd op's own backward is the composite
 implementation (`composite.recomputed_backward`, a VJP taken by autograd), so a gradient of the
@@ -57,9 +57,12 @@ def _empty_contiguous_like(x):
 
 def register(fwd_name: str, bwd_name: str, family: str, fake_saved: Callable,
              fake_like_x: Callable = _empty_contiguous_like,
-             fake_like_w: Callable = _empty_contiguous_like, fwd_autograd: bool = True) -> None:
+             fake_like_w: Callable = _empty_contiguous_like, fwd_autograd: bool = True,
+             saved_by_activation: bool = False) -> None:
     """Fake kernels and autograd for one fwd/bwd pair. `fake_saved(x, w1, normalize)` returns
-    empty tensors like the forward's (z, a, ĝ, r); `fake_like_x(x)` an empty tensor laid out like
+    empty tensors like the forward's (z, a, ĝ, r) (`fake_saved(x, w1, normalize, activation)` with
+    `saved_by_activation`: what the forward keeps depends on the activation, as in the cpp
+    backend's); `fake_like_x(x)` an empty tensor laid out like
     the op's y and x̄ (contiguous unless the backend keeps x's memory format); `fake_like_w(w)`
     one laid out like the op's gradient of weight w (contiguous unless the backend keeps w's).
     `fwd_autograd=False`: the forward's autograd (the bwd op as its backward, as below) is
@@ -69,7 +72,9 @@ def register(fwd_name: str, bwd_name: str, family: str, fake_saved: Callable,
 
     @torch.library.register_fake(fwd_name)
     def _fwd_fake(x, w1, b1, w2, b2, alpha, activation, normalize, eps, detach):
-        return (fake_like_x(x), *fake_saved(x, w1, normalize))
+        saved = (fake_saved(x, w1, normalize, activation) if saved_by_activation
+                 else fake_saved(x, w1, normalize))
+        return (fake_like_x(x), *saved)
 
     @torch.library.register_fake(bwd_name)
     def _bwd_fake(y_bar, x, w1, b1, w2, alpha, z, a, g_hat, r, activation, normalize, eps,

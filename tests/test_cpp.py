@@ -82,15 +82,20 @@ def test_op_errors_name_the_argument():
         ops.mlp_fwd(x, w1, b1, w2, b2, alpha, "mish", True, 1e-6, True)
     with pytest.raises(ValueError, match="w1 \\(H, D\\)"):
         ops.mlp_fwd(x, w1.t(), b1, w2, b2, alpha, "relu", True, 1e-6, True)
-    _, z, a, g_hat, r = ops.mlp_fwd(x, w1, b1, w2, b2, alpha, "relu", True, 1e-6, True)
     y_bar = torch.randn_like(x)
-    bwd_args = [y_bar, x, w1, b1, w2, alpha, z, a, g_hat, r, "relu", True, 1e-6, True]
-    for i, bad, name in ((6, z[:, :2], "z"), (7, a[:1], "a"), (8, g_hat[:2], "g_hat"),
-                         (9, r[:1], "r"), (0, y_bar.float(), "y_bar")):
-        args = list(bwd_args)
-        args[i] = bad
-        with pytest.raises((ValueError, TypeError), match=name):
-            ops.mlp_bwd(*args)
+    # relu keeps a (z is a placeholder), silu keeps z (a is): the kept one is checked.
+    for activation, kept in (("relu", 7), ("silu", 6)):
+        _, z, a, g_hat, r = ops.mlp_fwd(x, w1, b1, w2, b2, alpha, activation, True, 1e-6, True)
+        bwd_args = [y_bar, x, w1, b1, w2, alpha, z, a, g_hat, r, activation, True, 1e-6, True]
+        hidden = bwd_args[kept]
+        for i, bad, name in ((kept, hidden[:, :2], "z" if kept == 6 else "a"),
+                             (kept, hidden[:1], "z" if kept == 6 else "a"),
+                             (8, g_hat[:2], "g_hat"), (9, r[:1], "r"),
+                             (0, y_bar.float(), "y_bar"), (13 - kept, z.float(), "z|a")):
+            args = list(bwd_args)
+            args[i] = bad
+            with pytest.raises((ValueError, TypeError), match=name):
+                ops.mlp_bwd(*args)
     cx, cw1, cb1, cw2, cb2, calpha = _detached(conv_inputs(1, 2, 3, 5, 5))
     with pytest.raises(ValueError, match="odd"):
         ops.conv_fwd(cx, cw1[..., :2, :2], cb1, cw2, cb2, calpha, "relu", True, 1e-6, True)
@@ -140,7 +145,8 @@ def test_conv_keeps_the_layout_of_x(layout, detach, device):
     args = (*_detached(inputs), "silu", True, 1e-6, detach)
     torch.library.opcheck(ops.conv_fwd, args, test_utils=("test_schema", "test_faketensor"))
     _, z, a, g_hat, r = ops.conv_fwd(*args)
-    assert all(t.is_contiguous(memory_format=layout) for t in (z, a, g_hat))
+    assert a.shape == (1,)  # silu keeps z only
+    assert all(t.is_contiguous(memory_format=layout) for t in (z, g_hat))
     torch.library.opcheck(ops.conv_bwd, (proj, args[0], args[1], args[2], args[3], args[5], z, a,
                                          g_hat, r, *args[6:]),
                           test_utils=("test_schema", "test_faketensor"))
@@ -335,17 +341,25 @@ _EXTREME_Z = [-1e4, -120.0, -88.7, -87.5, -60.0, -10.0, -3.0, -1.0, -0.7, -0.3, 
               0.0, 1e-6, 1e-3, 0.3, 0.7, 1.0, 3.0, 10.0, 60.0, 87.5, 88.7, 120.0, 1e4]
 
 
-def _phi_and_dphi_from_the_fused_forward(z: torch.Tensor, activation: str, width: int = 19):
-    """φ(z) and φ'(z) as the float32 CPU kernels compute them, read off the forward op: x = z
-    (one feature), W1 = 1 (width hidden units, so every z fills a row of `width` lanes — not a
-    vector multiple — exactly), W2 = 1/width; then a = φ(z) per lane and, unnormalized,
-    ĝ = Σ_lanes φ'(z)·s·W1 = φ'(z)."""
+def _phi_and_dphi_from_the_fused_ops(z: torch.Tensor, activation: str, width: int = 19):
+    """φ(z) and φ'(z) as the float32 CPU kernels compute them, read off the ops: x = z (one
+    feature), W1 = 1 (width hidden units, so every z fills a row of `width` lanes — not a vector
+    multiple — exactly), W2 = 1/width. Unnormalized, the forward's ĝ = Σ_lanes φ'(z)·s·W1 = φ'(z).
+    a = φ(z) per lane is the backward's W̄2 = ȳᵀa for one sample and ȳ = 1: the a the forward
+    keeps (relu) or the one act_bwd recomputes from z (the others)."""
     x = z.view(-1, 1)
     w1 = torch.ones(width, 1)
     w2 = torch.full((1, width), 1.0 / width)
-    _, _, a, g_hat, _ = ops.mlp_fwd(x, w1, None, w2, None, torch.zeros(1), activation, False,
-                                    1e-6, True)
-    return a, g_hat.view(-1)
+    args = (activation, False, 1e-6, True)
+    _, _, _, g_hat, _ = ops.mlp_fwd(x, w1, None, w2, None, torch.zeros(1), *args)
+    a = []
+    for xi in x:
+        xi = xi.view(1, 1)
+        _, zi, ai, gi, ri = ops.mlp_fwd(xi, w1, None, w2, None, torch.zeros(1), *args)
+        w2_bar = ops.mlp_bwd(torch.ones(1, 1), xi, w1, None, w2, torch.zeros(1), zi, ai, gi, ri,
+                             *args)[3]
+        a.append(w2_bar)
+    return torch.cat(a), g_hat.view(-1)
 
 
 def _assert_float32_accurate(got, z, fn, what):
@@ -363,18 +377,19 @@ def _assert_float32_accurate(got, z, fn, what):
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_cpu_vector_math_matches_the_activation_table(activation):
-    """The float32 CPU kernels' φ and φ' (vector exp/tanh/erf of csrc/cpu_math.h) against the
-    table's float64 values across the tails, and NaN/±inf propagated as torch does."""
+    """The float32 CPU kernels' φ (forward and backward) and φ' (vector exp/tanh/erf of
+    csrc/cpu_math.h) against the table's float64 values across the tails, and NaN/±inf
+    propagated as torch does."""
     act = gf.get_activation(activation)
     z = torch.tensor(_EXTREME_Z)
     if activation == "sin":  # libm sin/cos: keep to arguments a float32 can resolve
         z = z[z.abs() <= 100]
-    a, d = _phi_and_dphi_from_the_fused_forward(z, activation)
+    a, d = _phi_and_dphi_from_the_fused_ops(z, activation)
     for lane in range(a.shape[1]):
         _assert_float32_accurate(a[:, lane], z, act.fn, f"{activation} φ lane {lane}")
     _assert_float32_accurate(d, z, act.d1, f"{activation} φ'")
     special = torch.tensor([float("nan"), float("inf"), float("-inf")])
-    a, d = _phi_and_dphi_from_the_fused_forward(special, activation)
+    a, d = _phi_and_dphi_from_the_fused_ops(special, activation)
     want = act.fn(special).unsqueeze(1).expand_as(a)
     torch.testing.assert_close(a, want, equal_nan=True)
     torch.testing.assert_close(d[:1], act.d1(special[:1]), equal_nan=True)  # φ'(NaN)

@@ -1,7 +1,8 @@
 // CUDA kernels for the fused stages (see stages.cuh). Torch-free: compiled by `nvcc -c` in CI.
 //
 // Reductions are deterministic: per-row or per-chunk partials written to scratch, then summed in a
-// fixed order by a second kernel — no float atomics, so results are bitwise reproducible.
+// fixed order by a second kernel — no float atomics, and every grid a function of the shape only
+// (stages.cuh's launch geometry), so results are bitwise reproducible, on any GPU.
 #include "stages.cuh"
 
 #include <cuda_bf16.h>
@@ -31,11 +32,12 @@ template <typename T> __device__ __forceinline__ typename Acc<T>::type mix_weigh
   return A(1) / (A(1) + exp(-to_acc(alpha[0])));
 }
 
-constexpr int kThreads = 256;
-
-int blocks_for(int64_t n, int threads = kThreads) {
-  return static_cast<int>(std::min<int64_t>((n + threads - 1) / threads, 65535 * 8));
-}
+// A launch's error, returned by the launchers (stages_cuda.cpp raises it).
+#define GRADRES_RETURN_IF_LAUNCH_FAILED()                 \
+  do {                                                    \
+    const cudaError_t launch_error = cudaGetLastError();  \
+    if (launch_error != cudaSuccess) return launch_error; \
+  } while (0)
 
 // 16-byte vector of T for aligned loads/stores.
 template <typename T, int N> struct alignas(sizeof(T) * N) Vec { T v[N]; };
@@ -44,7 +46,8 @@ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 
 // ---- act_fwd ----------------------------------------------------------------------------------
 template <typename T, Act A, int V>
-__global__ void act_fwd_kernel(const T* __restrict__ z, const T* __restrict__ s, T* __restrict__ a,
+__global__ void act_fwd_kernel(const T* __restrict__ z, const typename Acc<T>::type* __restrict__ s,
+                               T* __restrict__ a,
                                T* __restrict__ d, int64_t n_vec, int64_t P) {
   using Ops = ActOps<A>;
   using Acc_t = typename Acc<T>::type;
@@ -58,7 +61,7 @@ __global__ void act_fwd_kernel(const T* __restrict__ z, const T* __restrict__ s,
     for (int k = 0; k < V; ++k) {
       const Acc_t v = to_acc(zv.v[k]);
       av.v[k] = from_acc<T>(Ops::f(v));
-      dv.v[k] = from_acc<T>(Ops::d1(v) * to_acc(s[p0 + k]));
+      dv.v[k] = from_acc<T>(Ops::d1(v) * s[p0 + k]);
     }
     *reinterpret_cast<Vec<T, V>*>(a + base) = av;
     *reinterpret_cast<Vec<T, V>*>(d + base) = dv;
@@ -67,13 +70,10 @@ __global__ void act_fwd_kernel(const T* __restrict__ z, const T* __restrict__ s,
 
 // ---- row reductions (mix_fwd, mix_bwd) ---------------------------------------------------------
 // Narrow rows (Q ≤ kWarpRowMax, the MLP) get a warp each and run in one pass. Wide rows (conv: a
-// row is a whole sample) are split into `splits` segments, one 256-thread block each, so a small
-// batch still fills the device: a first pass writes each segment's partial sums, a second pass
-// adds a row's partials in a fixed order (every block of the row alike) and does the elementwise
-// part. No atomics, so results do not depend on scheduling.
-constexpr int64_t kWarpRowMax = 2048;
-constexpr int64_t kMinSegment = 2048;  // elements per block at least (8 per thread)
-constexpr int64_t kMaxSplits = 64;
+// row is a whole sample) are split into row_splits(rows, Q) segments, one 256-thread block each,
+// so a small batch still fills the device: a first pass writes each segment's partial sums, a
+// second pass adds a row's partials in a fixed order (every block of the row alike) and does the
+// elementwise part. No atomics, so results do not depend on scheduling.
 
 // Sum over the G threads of a group (G = 32: a warp; G = blockDim.x: the block; then every thread
 // of the block must call it).
@@ -279,14 +279,30 @@ __global__ void g_bar_split_kernel(const T* __restrict__ y_bar, const T* __restr
             seg.begin + threadIdx.x, seg.end, blockDim.x);
 }
 
-// ᾱ = m(1−m)·Σ part[i·stride] over i < count, summed in a fixed order by one block.
+// ᾱ, stage 1: block g sums part[i·stride] over its group of i < count (alpha_groups(count)
+// groups of equal length), in a fixed order, into group_sum_out[g].
 template <typename T>
-__global__ void alpha_bar_kernel(const typename Red<T>::type* __restrict__ part, int64_t count,
-                                 int stride, const T* __restrict__ alpha, T* __restrict__ alpha_bar) {
+__global__ void alpha_partial_kernel(const typename Red<T>::type* __restrict__ part, int64_t count,
+                                     int stride, typename Red<T>::type* __restrict__ group_sums) {
+  using R = typename Red<T>::type;
+  __shared__ R shared[kThreads / 32];
+  const int64_t len = (count + gridDim.x - 1) / gridDim.x;
+  const int64_t begin = blockIdx.x * len, end = begin + len < count ? begin + len : count;
+  R s = R(0);
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) s += part[i * stride];
+  s = group_sum<R, kThreads>(s, shared);
+  if (threadIdx.x == 0) group_sums[blockIdx.x] = s;
+}
+
+// ᾱ, stage 2: ᾱ = m(1−m)·Σ_g group_sums[g], one block.
+template <typename T>
+__global__ void alpha_bar_kernel(const typename Red<T>::type* __restrict__ group_sums,
+                                 int64_t groups, const T* __restrict__ alpha,
+                                 T* __restrict__ alpha_bar) {
   using R = typename Red<T>::type;
   __shared__ R shared[kThreads / 32];
   R s = R(0);
-  for (int64_t i = threadIdx.x; i < count; i += blockDim.x) s += part[i * stride];
+  for (int64_t i = threadIdx.x; i < groups; i += blockDim.x) s += group_sums[i];
   s = group_sum<R, kThreads>(s, shared);
   if (threadIdx.x == 0) {
     const R m = mix_weight(alpha);
@@ -294,62 +310,173 @@ __global__ void alpha_bar_kernel(const typename Red<T>::type* __restrict__ part,
   }
 }
 
-// ---- act_bwd: elementwise + column partial sums over a chunk of rows ----------------------------
-// A chunk is at least 64 rows, more when needed to keep gridDim.y ≤ 65535.
-int64_t rows_per_chunk(int64_t rows) { return std::max<int64_t>(64, (rows + 65534) / 65535); }
-int64_t num_chunks(int64_t rows) {
-  return std::max<int64_t>(1, (rows + rows_per_chunk(rows) - 1) / rows_per_chunk(rows));
-}
-
+// ---- act_bwd: elementwise + column sums over a chunk of rows --------------------------------------
+// A block: kActBwdCols columns × kActBwdLanes row lanes (lane l takes rows l, l + 4, ... of the
+// chunk), its lanes' sums added in lane order in shared memory. One chunk: the block writes the
+// column sums out (zbar_colsum in T, s_bar in Acc<T>); several: its chunk's partials at
+// col_part[chunk·W + p] (z̄ sums) and [chunk·W + P + p] (s̄ sums), W = (detach ? 1 : 2)·P.
 template <typename T, Act A_>
 __global__ void act_bwd_kernel(const T* __restrict__ z, const T* __restrict__ a_bar,
-                               const T* __restrict__ d_bar, const T* __restrict__ s,
-                               T* __restrict__ z_bar, T* __restrict__ d,
-                               typename Red<T>::type* __restrict__ col_part, int64_t rows,
+                               const T* __restrict__ d_bar,
+                               const typename Acc<T>::type* __restrict__ s,
+                               T* __restrict__ z_bar, T* __restrict__ d, T* __restrict__ a,
+                               typename Red<T>::type* __restrict__ col_part,
+                               T* __restrict__ zbar_colsum,
+                               typename Acc<T>::type* __restrict__ s_bar, int64_t rows,
                                int64_t P, int64_t chunk_rows, bool detach) {
   using Ops = ActOps<A_>;
   using A = typename Acc<T>::type;
   using R = typename Red<T>::type;
-  const int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  __shared__ R shared[2][kActBwdLanes][kActBwdCols];
+  const int col = threadIdx.x % kActBwdCols, lane = threadIdx.x / kActBwdCols;
+  const int64_t p = int64_t(blockIdx.x) * kActBwdCols + col;
   const int64_t chunk = blockIdx.y;
-  if (p >= P) return;
-  const A sv = detach ? A(0) : to_acc(s[p]);  // s is read only in second order
   R zs = R(0), ss = R(0);
-  const int64_t n_end = (chunk + 1) * chunk_rows < rows ? (chunk + 1) * chunk_rows : rows;
-  for (int64_t n = chunk * chunk_rows; n < n_end; ++n) {
-    const int64_t i = n * P + p;
-    const A v = to_acc(z[i]);
-    const A d1 = Ops::d1(v);
-    A zb = to_acc(a_bar[i]) * d1;
-    if (!detach) {
-      const A db = to_acc(d_bar[i]);
-      if (!Ops::kD2IsZero) zb += db * sv * Ops::d2(v);
-      ss += db * d1;
-      d[i] = from_acc<T>(d1 * sv);
+  if (p < P) {
+    const A sv = detach ? A(0) : s[p];  // s is read only in second order
+    const int64_t n_begin = chunk * chunk_rows;
+    const int64_t n_end = n_begin + chunk_rows < rows ? n_begin + chunk_rows : rows;
+    for (int64_t n = n_begin + lane; n < n_end; n += kActBwdLanes) {
+      const int64_t i = n * P + p;
+      const A v = to_acc(z[i]);
+      const A d1 = Ops::d1(v);
+      A zb = to_acc(a_bar[i]) * d1;
+      if (!detach) {
+        const A db = to_acc(d_bar[i]);
+        if (!Ops::kD2IsZero) zb += db * sv * Ops::d2(v);
+        ss += db * d1;
+        d[i] = from_acc<T>(d1 * sv);
+      }
+      if (!Ops::kSavesOutput && a) a[i] = from_acc<T>(Ops::f(v));  // for the W̄2 GEMM after
+      z_bar[i] = from_acc<T>(zb);
+      zs += zb;
     }
-    z_bar[i] = from_acc<T>(zb);
-    zs += zb;
   }
-  const int64_t chunks = gridDim.y;
-  col_part[chunk * P + p] = zs;
-  if (!detach) col_part[(chunks + chunk) * P + p] = ss;
+  shared[0][lane][col] = zs;
+  shared[1][lane][col] = ss;
+  __syncthreads();
+  if (lane != 0 || p >= P) return;
+  R zt = R(0), st = R(0);
+#pragma unroll
+  for (int l = 0; l < kActBwdLanes; ++l) {
+    zt += shared[0][l][col];
+    st += shared[1][l][col];
+  }
+  if (gridDim.y == 1) {
+    zbar_colsum[p] = from_acc<T>(zt);
+    if (!detach) s_bar[p] = A(st);
+    return;
+  }
+  const int64_t W = detach ? P : 2 * P;
+  col_part[chunk * W + p] = zt;
+  if (!detach) col_part[chunk * W + P + p] = st;
 }
 
+// Column sums, stage 1: block (x, g) adds chunks [g·len, (g + 1)·len) of columns
+// [32x, 32x + 32) of col_part (chunks × W), 8 chunk lanes in lane order, into
+// group_part[g·W + column].
+template <typename R>
+__global__ void col_partial_sum_kernel(const R* __restrict__ col_part, int64_t chunks, int64_t W,
+                                       R* __restrict__ group_part) {
+  constexpr int kCols = 32, kLanes = kThreads / kCols;
+  __shared__ R shared[kLanes][kCols];
+  const int col = threadIdx.x % kCols, lane = threadIdx.x / kCols;
+  const int64_t q = int64_t(blockIdx.x) * kCols + col;
+  const int64_t len = (chunks + gridDim.y - 1) / gridDim.y;
+  const int64_t begin = blockIdx.y * len, end = begin + len < chunks ? begin + len : chunks;
+  R t = R(0);
+  if (q < W)
+    for (int64_t c = begin + lane; c < end; c += kLanes) t += col_part[c * W + q];
+  shared[lane][col] = t;
+  __syncthreads();
+  if (lane != 0 || q >= W) return;
+  R total = R(0);
+#pragma unroll
+  for (int l = 0; l < kLanes; ++l) total += shared[l][col];
+  group_part[blockIdx.y * W + q] = total;
+}
+
+// Column sums, stage 2: a thread per column adds the groups' sums in order; columns [0, P) are
+// z̄'s (zbar_colsum, in T), [P, 2P) s̄'s (s_bar, in Acc<T>).
 template <typename T>
-__global__ void col_sum_kernel(const typename Red<T>::type* __restrict__ col_part, int64_t chunks,
-                               int64_t P, T* __restrict__ zbar_colsum, T* __restrict__ s_bar,
-                               bool detach) {
+__global__ void col_final_kernel(const typename Red<T>::type* __restrict__ group_part,
+                                 int64_t groups, int64_t P, int64_t W,
+                                 T* __restrict__ zbar_colsum,
+                                 typename Acc<T>::type* __restrict__ s_bar) {
   using R = typename Red<T>::type;
-  for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < P;
-       p += int64_t(gridDim.x) * blockDim.x) {
-    R zs = R(0), ss = R(0);
-    for (int64_t c = 0; c < chunks; ++c) {
-      zs += col_part[c * P + p];
-      if (!detach) ss += col_part[(chunks + c) * P + p];
-    }
-    zbar_colsum[p] = from_acc<T>(zs);
-    if (!detach) s_bar[p] = from_acc<T>(ss);
+  const int64_t q = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (q >= W) return;
+  R t = R(0);
+  for (int64_t g = 0; g < groups; ++g) t += group_part[g * W + q];
+  if (q < P)
+    zbar_colsum[q] = from_acc<T>(t);
+  else
+    s_bar[q - P] = typename Acc<T>::type(t);
+}
+
+// ---- the conv S-map and its adjoint (docs/DESIGN.md §1) --------------------------------------
+// Taps t of a k-wide 'same' kernel that reach position p of n: [max(0, p + k/2 − n + 1),
+// min(k − 1, p + k/2)] (csrc/blocks.h first_tap / last_tap); positions a tap t reaches:
+// [max(0, t − k/2), min(n − 1, t − k/2 + n − 1)].
+__device__ __forceinline__ int64_t first_tap(int64_t p, int64_t k, int64_t n) {
+  return p + k / 2 - n + 1 > 0 ? p + k / 2 - n + 1 : 0;
+}
+__device__ __forceinline__ int64_t last_tap(int64_t p, int64_t k) {
+  return p + k / 2 < k - 1 ? p + k / 2 : k - 1;
+}
+__device__ __forceinline__ int64_t feature_offset(int64_t c, int64_t i, int64_t j, int64_t C,
+                                                  int64_t H, int64_t W, bool channels_last) {
+  return channels_last ? (i * W + j) * C + c : (c * H + i) * W + j;
+}
+
+// S[c, i, j] for channel c = blockIdx.y and positions blockIdx.x·256 + thread: the block first
+// sums W2 over its output channels for c (ws[u·kw + v], in shared memory), then each thread adds
+// the taps that reach (i, j) — row by row (Σ_u Σ_v), as the CPU's smap_cpu does. Acc<T> throughout.
+template <typename T>
+__global__ void smap_kernel(const T* __restrict__ w2, typename Acc<T>::type* __restrict__ s,
+                            int64_t O, int64_t C, int64_t kh, int64_t kw, int64_t H, int64_t W,
+                            bool channels_last) {
+  using A = typename Acc<T>::type;
+  extern __shared__ unsigned char smap_shared[];
+  A* ws = reinterpret_cast<A*>(smap_shared);
+  const int64_t c = blockIdx.y, taps = kh * kw;
+  for (int64_t t = threadIdx.x; t < taps; t += blockDim.x) {
+    A sum = A(0);
+    for (int64_t o = 0; o < O; ++o) sum += to_acc(w2[(o * C + c) * taps + t]);
+    ws[t] = sum;
   }
+  __syncthreads();
+  const int64_t q = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (q >= H * W) return;
+  const int64_t i = q / W, j = q % W;
+  A total = A(0);
+  for (int64_t u = first_tap(i, kh, H); u <= last_tap(i, kh); ++u) {
+    A row = A(0);
+    for (int64_t v = first_tap(j, kw, W); v <= last_tap(j, kw); ++v) row += ws[u * kw + v];
+    total += row;
+  }
+  s[feature_offset(c, i, j, C, H, W, channels_last)] = total;
+}
+
+// t[c, u, v] = Σ S̄[c, i, j] over the positions (i, j) tap (u, v) reaches: a warp per (c, u, v),
+// its lanes over the positions in a fixed order, summed in Red<T> and added by shuffles.
+template <typename T>
+__global__ void smap_adjoint_kernel(const typename Acc<T>::type* __restrict__ s_bar,
+                                    typename Acc<T>::type* __restrict__ t, int64_t C, int64_t kh,
+                                    int64_t kw, int64_t H, int64_t W, bool channels_last) {
+  using R = typename Red<T>::type;
+  const int64_t k = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (k >= C * kh * kw) return;  // whole warps exit together
+  const int64_t c = k / (kh * kw), u = (k / kw) % kh, v = k % kw;
+  const int64_t i0 = u - kh / 2 > 0 ? u - kh / 2 : 0, i1 = u - kh / 2 + H < H ? u - kh / 2 + H : H;
+  const int64_t j0 = v - kw / 2 > 0 ? v - kw / 2 : 0, j1 = v - kw / 2 + W < W ? v - kw / 2 + W : W;
+  const int64_t ni = i1 - i0, nj = j1 - j0;
+  R sum = R(0);
+  for (int64_t e = lane; e < ni * nj; e += 32)
+    sum += R(s_bar[feature_offset(c, i0 + e / nj, j0 + e % nj, C, H, W, channels_last)]);
+  sum = group_sum<R, 32>(sum, nullptr);
+  if (lane == 0) t[k] = typename Acc<T>::type(sum);
 }
 
 template <typename T, int V>
@@ -367,50 +494,36 @@ __global__ void add_skip_grad_kernel(T* __restrict__ out, const T* __restrict__ 
   }
 }
 
-// Segments per wide row: enough blocks for about four per SM, none shorter than kMinSegment.
-int64_t max_splits(int64_t Q) {
-  return std::min<int64_t>(kMaxSplits, std::max<int64_t>(1, Q / kMinSegment));
-}
-int64_t splits_for(int64_t rows, int64_t Q) {
-  int device = 0, sms = 1;
-  cudaGetDevice(&device);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  const int64_t want = (4 * int64_t(sms) + rows - 1) / rows;
-  return std::max<int64_t>(1, std::min(want, max_splits(Q)));
-}
-
-unsigned warp_row_blocks(int64_t rows) {
-  const int64_t per_block = kThreads / 32;
-  return static_cast<unsigned>((rows + per_block - 1) / per_block);
-}
-
 }  // namespace
 
 int64_t row_scratch_elems(int64_t rows, int64_t Q) {
-  return Q <= kWarpRowMax ? rows : 2 * rows * max_splits(Q);
+  return (Q <= kWarpRowMax ? rows : 2 * rows * max_splits(Q)) + kMaxAlphaGroups;
 }
 
 template <typename T>
-void act_fwd(const ActFwdParams& p, cudaStream_t stream) {
+cudaError_t act_fwd(const ActFwdParams& p, cudaStream_t stream) {
   const T* z = static_cast<const T*>(p.z);
-  const T* s = static_cast<const T*>(p.s);
+  const auto* s = static_cast<const typename Acc<T>::type*>(p.s);
   T* a = static_cast<T*>(p.a);
   T* d = static_cast<T*>(p.d);
   const int64_t P = p.P, n = p.rows * p.P;
   const Act act = p.act;
-  if (n == 0) return;
+  if (n == 0) return cudaSuccess;
   constexpr int V = 16 / sizeof(T);
   const bool vec = P % V == 0 && aligned16(z) && aligned16(a) && aligned16(d);
   GRADRES_DISPATCH_ACT(act, [&] {
     if (vec)
-      act_fwd_kernel<T, A, V><<<blocks_for(n / V), kThreads, 0, stream>>>(z, s, a, d, n / V, P);
+      act_fwd_kernel<T, A, V><<<static_cast<unsigned>(elementwise_blocks(n / V)), kThreads, 0,
+                                stream>>>(z, s, a, d, n / V, P);
     else
-      act_fwd_kernel<T, A, 1><<<blocks_for(n), kThreads, 0, stream>>>(z, s, a, d, n, P);
+      act_fwd_kernel<T, A, 1><<<static_cast<unsigned>(elementwise_blocks(n)), kThreads, 0,
+                                stream>>>(z, s, a, d, n, P);
   });
+  return cudaGetLastError();
 }
 
 template <typename T>
-void mix_fwd(const MixFwdParams& p, void* scratch, cudaStream_t stream) {
+cudaError_t mix_fwd(const MixFwdParams& p, void* scratch, cudaStream_t stream) {
   T* f = static_cast<T*>(p.f);
   T* g = static_cast<T*>(p.g);
   const T* x = static_cast<const T*>(p.x);
@@ -419,23 +532,40 @@ void mix_fwd(const MixFwdParams& p, void* scratch, cudaStream_t stream) {
   const int64_t rows = p.rows, Q = p.Q;
   const bool normalize = p.normalize;
   const double eps = p.eps;
-  if (rows == 0) return;
+  if (rows == 0) return cudaSuccess;
   if (Q <= kWarpRowMax) {
-    mix_fwd_warp_kernel<T><<<warp_row_blocks(rows), kThreads, 0, stream>>>(f, g, x, alpha, r, rows,
-                                                                           Q, normalize, eps);
-    return;
+    mix_fwd_warp_kernel<T><<<static_cast<unsigned>(warp_row_blocks(rows)), kThreads, 0, stream>>>(
+        f, g, x, alpha, r, rows, Q, normalize, eps);
+    return cudaGetLastError();
   }
   using R = typename Red<T>::type;
   R* part = static_cast<R*>(scratch);
-  const int64_t splits = splits_for(rows, Q);
+  const int64_t splits = row_splits(rows, Q);
   const unsigned blocks = static_cast<unsigned>(rows * splits);
-  if (normalize) sum_squares_kernel<T><<<blocks, kThreads, 0, stream>>>(g, part, Q, splits);
+  if (normalize) {
+    sum_squares_kernel<T><<<blocks, kThreads, 0, stream>>>(g, part, Q, splits);
+    GRADRES_RETURN_IF_LAUNCH_FAILED();
+  }
   mix_fwd_split_kernel<T><<<blocks, kThreads, 0, stream>>>(f, g, x, alpha, r, part, Q, splits,
                                                            normalize, eps);
+  return cudaGetLastError();
+}
+
+// ᾱ from `count` partials part[i·stride]: two stages, grids of the count only.
+template <typename T>
+cudaError_t alpha_bar_from(const typename Red<T>::type* part, int64_t count, int stride,
+                           typename Red<T>::type* group_sums, const T* alpha, T* alpha_bar,
+                           cudaStream_t stream) {
+  const int64_t groups = alpha_groups(count);
+  alpha_partial_kernel<T><<<static_cast<unsigned>(groups), kThreads, 0, stream>>>(
+      part, count, stride, group_sums);
+  GRADRES_RETURN_IF_LAUNCH_FAILED();
+  alpha_bar_kernel<T><<<1, kThreads, 0, stream>>>(group_sums, groups, alpha, alpha_bar);
+  return cudaGetLastError();
 }
 
 template <typename T>
-void mix_bwd(const MixBwdParams& p, void* scratch, cudaStream_t stream) {
+cudaError_t mix_bwd(const MixBwdParams& p, void* scratch, cudaStream_t stream) {
   const T* y_bar = static_cast<const T*>(p.y_bar);
   const T* g_hat = static_cast<const T*>(p.g_hat);
   const T* x = static_cast<const T*>(p.x);
@@ -448,75 +578,117 @@ void mix_bwd(const MixBwdParams& p, void* scratch, cudaStream_t stream) {
   const bool normalize = p.normalize, detach = p.detach;
   using R = typename Red<T>::type;
   R* part = static_cast<R*>(scratch);
+  // ᾱ's group sums after the row partials (row_scratch_elems).
+  R* group_sums = part + (Q <= kWarpRowMax ? rows : 2 * rows * max_splits(Q));
   if (rows == 0 || Q <= kWarpRowMax) {
-    if (rows > 0)
-      mix_bwd_warp_kernel<T><<<warp_row_blocks(rows), kThreads, 0, stream>>>(
+    if (rows > 0) {
+      mix_bwd_warp_kernel<T><<<static_cast<unsigned>(warp_row_blocks(rows)), kThreads, 0, stream>>>(
           y_bar, g_hat, x, r, alpha, g_bar, x_bar, part, rows, Q, normalize, detach);
-    alpha_bar_kernel<T><<<1, kThreads, 0, stream>>>(part, rows, 1, alpha, alpha_bar);
-    return;
+      GRADRES_RETURN_IF_LAUNCH_FAILED();
+    }
+    return alpha_bar_from<T>(part, rows, 1, group_sums, alpha, alpha_bar, stream);
   }
-  const int64_t splits = splits_for(rows, Q);
+  const int64_t splits = row_splits(rows, Q);
   const unsigned blocks = static_cast<unsigned>(rows * splits);
   mix_bwd_sums_kernel<T><<<blocks, kThreads, 0, stream>>>(y_bar, g_hat, x, alpha, x_bar, part, Q,
                                                           splits);
-  if (!detach)
+  GRADRES_RETURN_IF_LAUNCH_FAILED();
+  if (!detach) {
     g_bar_split_kernel<T><<<blocks, kThreads, 0, stream>>>(y_bar, g_hat, r, alpha, g_bar, part,
                                                            Q, splits, normalize);
-  alpha_bar_kernel<T><<<1, kThreads, 0, stream>>>(part, rows * splits, 2, alpha, alpha_bar);
+    GRADRES_RETURN_IF_LAUNCH_FAILED();
+  }
+  return alpha_bar_from<T>(part, rows * splits, 2, group_sums, alpha, alpha_bar, stream);
 }
 
 int64_t act_bwd_scratch_elems(int64_t rows, int64_t P, bool detach) {
-  return num_chunks(rows) * P * (detach ? 1 : 2);
+  const int64_t chunks = act_bwd_chunks(rows, P), W = (detach ? 1 : 2) * P;
+  return chunks == 1 ? 1 : (chunks + col_groups(chunks)) * W;
 }
 
 template <typename T>
-void act_bwd(const ActBwdParams& p, void* col_partial, cudaStream_t stream) {
+cudaError_t act_bwd(const ActBwdParams& p, void* col_partial, cudaStream_t stream) {
   const T* z = static_cast<const T*>(p.z);
   const T* a_bar = static_cast<const T*>(p.a_bar);
   const T* d_bar = static_cast<const T*>(p.d_bar);
-  const T* s = static_cast<const T*>(p.s);
+  const auto* s = static_cast<const typename Acc<T>::type*>(p.s);
   T* z_bar = static_cast<T*>(p.z_bar);
   T* d = static_cast<T*>(p.d);
+  T* a_out = static_cast<T*>(p.a);
   T* zbar_colsum = static_cast<T*>(p.zbar_colsum);
-  T* s_bar = static_cast<T*>(p.s_bar);
+  auto* s_bar = static_cast<typename Acc<T>::type*>(p.s_bar);
   const int64_t rows = p.rows, P = p.P;
   const Act act = p.act;
   const bool detach = p.detach;
   using Red_t = typename Red<T>::type;  // (`A` is the activation inside the dispatch below)
-  if (P == 0) return;
-  const int64_t chunks = num_chunks(rows);
+  if (P == 0) return cudaSuccess;
+  const int64_t chunks = act_bwd_chunks(rows, P), W = (detach ? 1 : 2) * P;
   Red_t* part = static_cast<Red_t*>(col_partial);
-  // Narrow rows (MLP, P = H) get narrower blocks so few threads idle.
-  const int threads = static_cast<int>(std::min<int64_t>(kThreads, (P + 31) / 32 * 32));
-  const dim3 grid(static_cast<unsigned>((P + threads - 1) / threads), static_cast<unsigned>(chunks));
+  const dim3 grid(static_cast<unsigned>(act_bwd_col_blocks(P)), static_cast<unsigned>(chunks));
   GRADRES_DISPATCH_ACT(act, [&] {
-    act_bwd_kernel<T, A><<<grid, threads, 0, stream>>>(z, a_bar, d_bar, s, z_bar, d, part,
-                                                       rows, P, rows_per_chunk(rows), detach);
+    act_bwd_kernel<T, A><<<grid, kThreads, 0, stream>>>(z, a_bar, d_bar, s, z_bar, d, a_out, part,
+                                                        zbar_colsum, s_bar, rows, P,
+                                                        act_bwd_chunk_rows(rows, P), detach);
   });
-  col_sum_kernel<T><<<blocks_for(P), kThreads, 0, stream>>>(part, chunks, P, zbar_colsum, s_bar,
-                                                            detach);
+  GRADRES_RETURN_IF_LAUNCH_FAILED();
+  if (chunks == 1) return cudaSuccess;  // the kernel wrote the column sums
+  const int64_t groups = col_groups(chunks);
+  Red_t* group_part = part + chunks * W;
+  const dim3 grid1(static_cast<unsigned>(col_partial_blocks_x(W)), static_cast<unsigned>(groups));
+  col_partial_sum_kernel<Red_t><<<grid1, kThreads, 0, stream>>>(part, chunks, W, group_part);
+  GRADRES_RETURN_IF_LAUNCH_FAILED();
+  col_final_kernel<T><<<static_cast<unsigned>(col_final_blocks(W)), kThreads, 0, stream>>>(
+      group_part, groups, P, W, zbar_colsum, s_bar);
+  return cudaGetLastError();
 }
 
 template <typename T>
-void add_skip_grad(const AddSkipGradParams& p, cudaStream_t stream) {
+cudaError_t add_skip_grad(const AddSkipGradParams& p, cudaStream_t stream) {
   T* out = static_cast<T*>(p.out);
   const T* y_bar = static_cast<const T*>(p.y_bar);
   const T* alpha = static_cast<const T*>(p.alpha);
   const int64_t n = p.n;
-  if (n == 0) return;
+  if (n == 0) return cudaSuccess;
   constexpr int V = 16 / sizeof(T);
   if (n % V == 0 && aligned16(out) && aligned16(y_bar))
-    add_skip_grad_kernel<T, V><<<blocks_for(n / V), kThreads, 0, stream>>>(out, y_bar, alpha, n / V);
+    add_skip_grad_kernel<T, V><<<static_cast<unsigned>(elementwise_blocks(n / V)), kThreads, 0,
+                                 stream>>>(out, y_bar, alpha, n / V);
   else
-    add_skip_grad_kernel<T, 1><<<blocks_for(n), kThreads, 0, stream>>>(out, y_bar, alpha, n);
+    add_skip_grad_kernel<T, 1><<<static_cast<unsigned>(elementwise_blocks(n)), kThreads, 0,
+                                 stream>>>(out, y_bar, alpha, n);
+  return cudaGetLastError();
 }
 
-#define GRADRES_INSTANTIATE(T)                                                  \
-  template void act_fwd<T>(const ActFwdParams&, cudaStream_t);                \
-  template void mix_fwd<T>(const MixFwdParams&, void*, cudaStream_t);         \
-  template void mix_bwd<T>(const MixBwdParams&, void*, cudaStream_t);         \
-  template void act_bwd<T>(const ActBwdParams&, void*, cudaStream_t);         \
-  template void add_skip_grad<T>(const AddSkipGradParams&, cudaStream_t);
+template <typename T>
+cudaError_t smap(const SmapParams& p, cudaStream_t stream) {
+  using A = typename Acc<T>::type;
+  if (p.C * p.H * p.W == 0) return cudaSuccess;
+  const dim3 grid(static_cast<unsigned>(smap_blocks_x(p.H, p.W)), static_cast<unsigned>(p.C));
+  const size_t shared = static_cast<size_t>(p.kh * p.kw) * sizeof(A);
+  smap_kernel<T><<<grid, kThreads, shared, stream>>>(static_cast<const T*>(p.w2),
+                                                     static_cast<A*>(p.s), p.O, p.C, p.kh, p.kw,
+                                                     p.H, p.W, p.channels_last);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t smap_adjoint(const SmapAdjointParams& p, cudaStream_t stream) {
+  using A = typename Acc<T>::type;
+  if (p.C * p.kh * p.kw == 0) return cudaSuccess;
+  smap_adjoint_kernel<T><<<static_cast<unsigned>(smap_adjoint_blocks(p.C, p.kh, p.kw)), kThreads, 0,
+                           stream>>>(static_cast<const A*>(p.s_bar), static_cast<A*>(p.t), p.C,
+                                     p.kh, p.kw, p.H, p.W, p.channels_last);
+  return cudaGetLastError();
+}
+
+#define GRADRES_INSTANTIATE(T)                                                    \
+  template cudaError_t act_fwd<T>(const ActFwdParams&, cudaStream_t);            \
+  template cudaError_t mix_fwd<T>(const MixFwdParams&, void*, cudaStream_t);     \
+  template cudaError_t mix_bwd<T>(const MixBwdParams&, void*, cudaStream_t);     \
+  template cudaError_t act_bwd<T>(const ActBwdParams&, void*, cudaStream_t);     \
+  template cudaError_t add_skip_grad<T>(const AddSkipGradParams&, cudaStream_t); \
+  template cudaError_t smap<T>(const SmapParams&, cudaStream_t);                 \
+  template cudaError_t smap_adjoint<T>(const SmapAdjointParams&, cudaStream_t);
 
 GRADRES_INSTANTIATE(float)
 GRADRES_INSTANTIATE(double)

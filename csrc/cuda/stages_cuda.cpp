@@ -38,9 +38,8 @@ void CudaStages::act_fwd(const Tensor& z, const Tensor& s, Act act, Tensor& a, T
   const ActFwdParams p{z.data_ptr(), s.data_ptr(), a.data_ptr(), d.data_ptr(), z.size(0),
                        z.size(1), act};
   GRADRES_CUDA_FLOATS(z, "gradres act_fwd_cuda", [&] {
-    cuda::act_fwd<typename CudaType<scalar_t>::type>(p, c10::cuda::getCurrentCUDAStream());
+    C10_CUDA_CHECK(cuda::act_fwd<typename CudaType<scalar_t>::type>(p, c10::cuda::getCurrentCUDAStream()));
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 void CudaStages::mix_fwd(Tensor& f, Tensor& g, const Tensor& x, const Tensor& alpha,
@@ -52,10 +51,9 @@ void CudaStages::mix_fwd(Tensor& f, Tensor& g, const Tensor& x, const Tensor& al
   const MixFwdParams p{f.data_ptr(), g.data_ptr(), x.data_ptr(), alpha.data_ptr(),
                        normalize ? r.data_ptr() : nullptr, f.size(0), f.size(1), eps, normalize};
   GRADRES_CUDA_FLOATS(f, "gradres mix_fwd_cuda", [&] {
-    cuda::mix_fwd<typename CudaType<scalar_t>::type>(p, scratch.data_ptr(),
-                                                     c10::cuda::getCurrentCUDAStream());
+    C10_CUDA_CHECK(cuda::mix_fwd<typename CudaType<scalar_t>::type>(p, scratch.data_ptr(),
+                                                                    c10::cuda::getCurrentCUDAStream()));
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 void CudaStages::mix_bwd(const Tensor& y_bar, const Tensor& g_hat, const Tensor& x,
@@ -71,29 +69,27 @@ void CudaStages::mix_bwd(const Tensor& y_bar, const Tensor& g_hat, const Tensor&
                        detach ? nullptr : g_bar.data_ptr(), alpha_bar.data_ptr(), data_or_null(x_bar),
                        y_bar.size(0), y_bar.size(1), normalize, detach, false};
   GRADRES_CUDA_FLOATS(y_bar, "gradres mix_bwd_cuda", [&] {
-    cuda::mix_bwd<typename CudaType<scalar_t>::type>(p, scratch.data_ptr(),
-                                                     c10::cuda::getCurrentCUDAStream());
+    C10_CUDA_CHECK(cuda::mix_bwd<typename CudaType<scalar_t>::type>(p, scratch.data_ptr(),
+                                                                    c10::cuda::getCurrentCUDAStream()));
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 void CudaStages::act_bwd(const Tensor& z, const Tensor& a_bar, const Tensor& d_bar,
                          const Tensor& s, Act act, bool detach, Tensor& z_bar, Tensor& d,
-                         Tensor& zbar_colsum, Tensor& s_bar) {
+                         Tensor& a, Tensor& zbar_colsum, Tensor& s_bar) {
   RECORD_FUNCTION("gradres::act_bwd", std::vector<c10::IValue>());
   c10::cuda::CUDAGuard device_guard(z.device());
   Tensor scratch = at::empty({cuda::act_bwd_scratch_elems(z.size(0), z.size(1), detach)},
                              z.options().dtype(red_type(z)));
   const ActBwdParams p{z.data_ptr(), a_bar.data_ptr(), detach ? nullptr : data_or_null(d_bar),
                        detach ? nullptr : s.data_ptr(), z_bar.data_ptr(),
-                       detach ? nullptr : data_or_null(d),
+                       detach ? nullptr : data_or_null(d), data_or_null(a),
                        zbar_colsum.data_ptr(), detach ? nullptr : data_or_null(s_bar), z.size(0),
                        z.size(1), act, detach};
   GRADRES_CUDA_FLOATS(z, "gradres act_bwd_cuda", [&] {
-    cuda::act_bwd<typename CudaType<scalar_t>::type>(p, scratch.data_ptr(),
-                                                     c10::cuda::getCurrentCUDAStream());
+    C10_CUDA_CHECK(cuda::act_bwd<typename CudaType<scalar_t>::type>(p, scratch.data_ptr(),
+                                                                    c10::cuda::getCurrentCUDAStream()));
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 void CudaStages::add_skip_grad(Tensor& out, const Tensor& y_bar, const Tensor& alpha) {
@@ -101,9 +97,38 @@ void CudaStages::add_skip_grad(Tensor& out, const Tensor& y_bar, const Tensor& a
   c10::cuda::CUDAGuard device_guard(out.device());
   const AddSkipGradParams p{out.data_ptr(), y_bar.data_ptr(), alpha.data_ptr(), out.numel()};
   GRADRES_CUDA_FLOATS(out, "gradres add_skip_grad_cuda", [&] {
-    cuda::add_skip_grad<typename CudaType<scalar_t>::type>(p, c10::cuda::getCurrentCUDAStream());
+    C10_CUDA_CHECK(cuda::add_skip_grad<typename CudaType<scalar_t>::type>(p, c10::cuda::getCurrentCUDAStream()));
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+Tensor CudaStages::conv_smap(const Tensor& w2_, int64_t H, int64_t W, at::MemoryFormat fmt) {
+  RECORD_FUNCTION("gradres::smap", std::vector<c10::IValue>());
+  c10::cuda::CUDAGuard device_guard(w2_.device());
+  const Tensor w2 = w2_.contiguous();
+  const int64_t C = w2.size(1);
+  Tensor out = at::empty({C * H * W}, w2.options().dtype(at::toOpMathType(w2.scalar_type())));
+  const SmapParams p{w2.data_ptr(), out.data_ptr(), w2.size(0), C, w2.size(2), w2.size(3), H, W,
+                     fmt == at::MemoryFormat::ChannelsLast};
+  GRADRES_CUDA_FLOATS(w2, "gradres smap_cuda", [&] {
+    C10_CUDA_CHECK(cuda::smap<typename CudaType<scalar_t>::type>(
+        p, c10::cuda::getCurrentCUDAStream()));
+  });
+  return out;
+}
+
+Tensor CudaStages::conv_smap_adjoint(const Tensor& s_bar_, int64_t C, int64_t H, int64_t W,
+                                     int64_t kh, int64_t kw, at::MemoryFormat fmt) {
+  RECORD_FUNCTION("gradres::smap_adjoint", std::vector<c10::IValue>());
+  c10::cuda::CUDAGuard device_guard(s_bar_.device());
+  const Tensor s_bar = s_bar_.contiguous();
+  Tensor out = at::empty({C, kh, kw}, s_bar.options());
+  const SmapAdjointParams p{s_bar.data_ptr(), out.data_ptr(), C, kh, kw, H, W,
+                            fmt == at::MemoryFormat::ChannelsLast};
+  // s_bar is float32 or float64 (the accumulation type): its dtype picks the kernel's.
+  AT_DISPATCH_FLOATING_TYPES(s_bar.scalar_type(), "gradres smap_adjoint_cuda", [&] {
+    C10_CUDA_CHECK(cuda::smap_adjoint<scalar_t>(p, c10::cuda::getCurrentCUDAStream()));
+  });
+  return out;
 }
 
 }  // namespace gradres
