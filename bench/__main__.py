@@ -440,14 +440,19 @@ def chart(result: dict, path: str) -> Optional[str]:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    rows = [r for r in result["rows"] if r["backend"] != "plain"]
+    rows = [r for r in result["rows"] if r["backend"] != "plain" and r.get("vs_plain") is not None]
     workloads = list(dict.fromkeys(r["workload"] for r in rows))
     peers = sorted({(r["backend"], r["compiled"]) for r in rows},
                    key=lambda p: (p[1], KNOWN.index(p[0]) if p[0] in KNOWN else 99))
     if not rows:
         return None
-    fig, axes = plt.subplots(1, len(workloads), figsize=(4.2 * len(workloads) + 0.6, 4.2),
+    ncols = min(3, len(workloads))
+    nrows = -(-len(workloads) // ncols)
+    fig, grid = plt.subplots(nrows, ncols, figsize=(4.4 * ncols + 0.6, 3.6 * nrows + 0.8),
                              squeeze=False, sharey=True)
+    for ax in grid.flat[len(workloads):]:
+        ax.set_visible(False)
+    axes = [list(grid.flat)]
     width = 0.8 / len(peers)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, wl in zip(axes[0], workloads):
@@ -462,8 +467,8 @@ def chart(result: dict, path: str) -> Optional[str]:
                     r = m[0]
                     xs.append(j + (i - (len(peers) - 1) / 2) * width)
                     ys.append(r["vs_plain"])
-                    lo.append(r["vs_plain"] - (r["vs_plain_q20"] or r["vs_plain"]))
-                    hi.append((r["vs_plain_q80"] or r["vs_plain"]) - r["vs_plain"])
+                    lo.append(r["vs_plain"] - (r.get("vs_plain_q20") or r["vs_plain"]))
+                    hi.append((r.get("vs_plain_q80") or r["vs_plain"]) - r["vs_plain"])
             color = colors[(KNOWN.index(peer[0]) if peer[0] in KNOWN else i) % len(colors)]
             ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, color=color,
                    hatch="//" if peer[1] else None, edgecolor="white" if peer[1] else None,
@@ -483,7 +488,7 @@ def chart(result: dict, path: str) -> Optional[str]:
                frameon=False)
     fig.suptitle(f"gradres_fused on {result['device']} ({result['date']}, run: "
                  f"{result.get('run', result['tier'])})", fontsize=10)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.tight_layout(rect=(0, 0.8 / (3.6 * nrows + 0.8), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -547,10 +552,17 @@ def main(argv=None) -> int:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="measure torch.compile peers (default: on, off with --quick)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--replot", metavar="JSON",
+                   help="only draw the chart of an earlier run's JSON (beside it, as .png)")
     p.add_argument("--retain-memory", action="store_true",
                    help="CPU: glibc malloc keeps freed memory instead of returning each large "
                         "buffer to the OS (as jemalloc/tcmalloc do); recorded in the results")
     args = p.parse_args(argv)
+    if args.replot:
+        with open(args.replot) as f:
+            png = chart(json.load(f), os.path.splitext(args.replot)[0] + ".png")
+        print(f"wrote {png}" if png else "no chart: pip install matplotlib")
+        return 0 if png else 1
     allocator = retain_freed_memory() if args.retain_memory else "system default"
     print(f"allocator: {allocator}", flush=True)
     args.compile = (not args.quick) if args.compile is None else args.compile
