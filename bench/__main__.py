@@ -370,7 +370,8 @@ def summary(result: dict, files: List[str]) -> Tuple[List[str], bool]:
     lines = ["", "parity against eager reference (largest ‖Δ‖/‖ref‖ over y and every gradient):"]
     for p in v:
         lines.append(f"  {'PASS' if p['ok'] else 'FAIL'}  {p['peer']:<20} worst {p['worst']:.1e} "
-                     f"≤ {p['tolerance']:.0e}? ({p['where']}; {p['rows']} cases)")
+                     f"{'≤' if p['ok'] else '>'} tolerance {p['tolerance']:.0e} "
+                     f"({p['where']}; {p['rows']} cases)")
     if not v:
         lines.append("  FAIL  no peer measured")
     lines += [""] + headline(result["rows"]) + [""]
