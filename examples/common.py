@@ -89,6 +89,19 @@ def mean_ci95(values: Sequence[float]):
     return float(v.mean()), float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
 
 
+def pm(mean: float, ci95: float, spec: str, n: int, ci_spec: str = "") -> str:
+    """`mean ± ci95` formatted with `spec` (`ci_spec` for the interval, default the same), or the
+    mean alone when it comes from one seed: one value has no interval, and "± 0" would claim one."""
+    if n < 2:
+        return format(mean, spec)
+    return f"{format(mean, spec)} ± {format(ci95, ci_spec or spec)}"
+
+
+def legend_outside(ax, **kwargs) -> None:
+    """The axes' legend to the right of the plot, where it covers no data."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, **kwargs)
+
+
 def environment() -> Dict:
     return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "torch": torch.__version__, "python": platform.python_version(),

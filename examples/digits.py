@@ -13,8 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .common import (build, mean_ci95, n_params, padded_limits, parse_args, parser, progress,
-                     save_figure, seed_all, table, timed, write)
+from .common import (build, mean_ci95, n_params, padded_limits, parse_args, parser, pm,
+                     progress, save_figure, seed_all, table, timed, write)
 
 METHODS = ["resnet", "gradres_convex", "gradres_second_order"]
 
@@ -88,7 +88,8 @@ def main(argv=None):
                   batch=64, optimizer="Adam lr=1e-3", test_fraction=0.25, backend=args.backend)
     md = (f"# Digits classification ({'quick' if args.quick else 'full'} mode)\n\n{config}\n\n")
     md += table(["method", "params", "test accuracy", "s/run"],
-                [[m, str(r["params"]), f"{100 * r['accuracy']:.2f}% ± {100 * r['accuracy_ci95']:.2f}",
+                [[m, str(r["params"]),
+                  pm(100 * r["accuracy"], 100 * r["accuracy_ci95"], ".2f", seeds) + " %",
                   f"{r['seconds']:.1f}"] for m, r in results.items()])
     write(args.out, "digits", {"config": config, "results": results}, md, args.json)
     _plot(args.out, results)

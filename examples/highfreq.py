@@ -11,8 +11,8 @@ import math
 
 import torch
 
-from .common import (build, mean_ci95, n_params, parse_args, parser, progress, save_figure,
-                     seed_all, table, timed, width_for, write)
+from .common import (build, legend_outside, mean_ci95, n_params, parse_args, parser, pm,
+                     progress, save_figure, seed_all, table, timed, width_for, write)
 
 METHODS = ["mlp", "resnet", "gradres", "gradres_convex", "gradres_second_order", "mgdl",
            "fourier_features", "siren"]
@@ -103,7 +103,7 @@ def main(argv=None):
           f"{config}\n\nTest MSE (mean over targets; ± 95% CI over {seeds} seed(s)); "
           f"lowest: **{best}**.\n\n")
     md += table(["method", "params", "test MSE", "train MSE", "s/run"] + [f"k={t}" for t in TARGETS],
-                [[m, str(r["params"]), f"{r['test_mse']:.3e} ± {r['test_mse_ci95']:.1e}",
+                [[m, str(r["params"]), pm(r["test_mse"], r["test_mse_ci95"], ".3e", seeds, ".1e"),
                   f"{r['train_mse']:.3e}", f"{r['seconds']:.1f}"] +
                  [f"{r['per_frequency'][t]:.2e}" for t in TARGETS] for m, r in results.items()])
     write(args.out, "highfreq", {"config": config, "results": results}, md, args.json)
@@ -115,17 +115,17 @@ def _plot(out, results, fits):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 4.5))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(15, 4.5))
     for m, r in results.items():
         a.semilogy(FREQUENCIES, [r["per_frequency"][str(k)] for k in FREQUENCIES], "o-", label=m)
     a.set(xlabel="frequency k", ylabel="test MSE", title="test MSE vs frequency")
-    a.legend(fontsize=8)
+    legend_outside(a, fontsize=8)
     grid = torch.linspace(0, 1, 2000)
     b.plot(grid, target("16", grid), "k", lw=2, label="target k=16")
     for m, f in fits.items():
         b.plot(grid, f, lw=0.8, label=m)
     b.set(xlim=(0, 0.25), title="fit, k=16 (seed 0), x ∈ [0, 0.25]")
-    b.legend(fontsize=7)
+    legend_outside(b, fontsize=7)
     fig.tight_layout()
     save_figure(fig, out, "highfreq")
 

@@ -27,8 +27,8 @@ from torch import nn
 
 import gradres_fused as gf
 
-from .common import (mean_ci95, n_params, parse_args, parser, progress, save_figure, seed_all,
-                     table, timed, write)
+from .common import (legend_outside, mean_ci95, n_params, parse_args, parser, pm, progress,
+                     save_figure, seed_all, table, timed, write)
 
 TRAIN = ["astronaut.png", "hubble_deep_field.jpg", "ihc.png", "retina.jpg", "rocket.jpg",
          "motorcycle_left.png"]
@@ -237,7 +237,7 @@ def main(argv=None):
           f"Y-channel PSNR/SSIM on the held-out photos {TEST} (border crop {SCALE}); "
           f"bicubic: {config['bicubic_psnr']:.2f} dB / {config['bicubic_ssim']:.4f}.\n\n")
     md += table(["model/variant", "block", "params", "PSNR (dB)", "SSIM", "ms/step"],
-                [[k, r["block"], str(r["params"]), f"{r['psnr']:.3f} ± {r['psnr_ci95']:.3f}",
+                [[k, r["block"], str(r["params"]), pm(r["psnr"], r["psnr_ci95"], ".3f", seeds),
                   f"{r['ssim']:.4f}", f"{r['ms_per_step']:.0f}"] for k, r in results.items()])
     write(args.out, "sr", {"config": config, "results": results}, md, args.json)
     _plot(args.out, results, config)
@@ -256,7 +256,7 @@ def _plot(out, results, config):
     ax.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
     lo = min(config["bicubic_psnr"], *[results[n]["psnr"] for n in names])
     ax.set(ylabel="PSNR (dB, Y)", ylim=(lo - 0.5, None), title="x2 SR, held-out photos")
-    ax.legend()
+    legend_outside(ax)
     fig.tight_layout()
     save_figure(fig, out, "sr")
 

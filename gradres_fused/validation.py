@@ -95,6 +95,7 @@ def check_module_input(module, x, attr: str, param: Tensor) -> None:
         raise ValueError(f"x: {cls} got an input on {x.device} but its parameters ({attr}, …) "
                          f"are on {param.device}; move one to the other's device, e.g. "
                          f"module.to({str(x.device)!r})")
+    _check_module_shape(cls, x, attr, param)
     autocasting = False
     try:
         autocasting = torch.is_autocast_enabled(x.device.type)
@@ -104,6 +105,26 @@ def check_module_input(module, x, attr: str, param: Tensor) -> None:
         raise TypeError(f"x: {cls} got an input of dtype {x.dtype} but its parameters ({attr}, …) "
                         f"are {param.dtype}; convert the module with module.to({x.dtype}), the "
                         f"input with x.to({param.dtype}), or run it under torch.autocast")
+
+
+def _check_module_shape(cls: str, x: Tensor, attr: str, param: Tensor) -> None:
+    """x's width (MLP) or channels (conv) against the module's, named by the module's own
+    constructor arguments (`dim`, `channels`) rather than the weights the functional API sees."""
+    if attr == "fc1.weight":
+        dim = param.shape[1]
+        if x.dim() == 0 or x.shape[-1] != dim:
+            got = "a 0-d tensor" if x.dim() == 0 else f"an input of width {x.shape[-1]}"
+            raise ValueError(f"x: {cls}(dim={dim}) got {got} (x.shape = {tuple(x.shape)}); "
+                             f"expected x of shape (..., {dim})")
+    elif attr == "conv1.weight":
+        channels = param.shape[1]
+        if x.dim() != 4:
+            raise ValueError(f"x: {cls}(channels={channels}) expects x of shape (N, {channels}, "
+                             f"H, W), got a {x.dim()}-d tensor of shape {tuple(x.shape)}")
+        if x.shape[1] != channels:
+            raise ValueError(f"x: {cls}(channels={channels}) got an input with {x.shape[1]} "
+                             f"channels (x.shape = {tuple(x.shape)}); expected x of shape "
+                             f"(N, {channels}, H, W)")
 
 
 def check_alpha(alpha: AlphaLike, x: Tensor) -> Tensor:

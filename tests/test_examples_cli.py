@@ -34,6 +34,10 @@ def test_results_folder_defaults(module, folders):
 
 
 def test_quick_run_writes_elsewhere_and_says_where(folders, tmp_path, capsys):
+    # The experiments' own packages (README "Experiments"), not the test command's install list.
+    pytest.importorskip("sklearn", reason="examples/digits.py needs scikit-learn "
+                        "(pip install tqdm scipy scikit-learn scikit-image matplotlib)")
+    pytest.importorskip("matplotlib", reason="the experiments' figures need matplotlib")
     full, quick = folders
     digits.main(["--quick", "--epochs", "1", "--json", str(tmp_path / "cli.json")])
     written = capsys.readouterr().out
@@ -94,3 +98,9 @@ def test_log_range_spans_the_data():
     assert common.log_range([0.3, 0.3]) == pytest.approx((0.03, 0.3))
     with pytest.raises(ValueError, match="positive"):
         common.log_range([0.0, -1.0])
+
+
+def test_one_seed_prints_no_interval():
+    assert common.pm(0.2261, 0.0, ".3e", 1, ".1e") == "2.261e-01"
+    assert common.pm(0.2261, 0.016, ".3e", 5, ".1e") == "2.261e-01 ± 1.6e-02"
+    assert common.pm(97.3, 0.8, ".2f", 5) == "97.30 ± 0.80"

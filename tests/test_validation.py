@@ -123,3 +123,20 @@ def test_env_variable_overrides_auto_but_not_explicit_names(monkeypatch):
     monkeypatch.setenv(ENV_VAR, "bogus")
     with pytest.raises(ValueError, match=ENV_VAR):
         _mlp()
+
+
+@pytest.mark.parametrize("module, x, message", [
+    (lambda: gf.GradResMLP(64, 64), torch.randn(3, 32),
+     r"GradResMLP\(dim=64\) got an input of width 32 .*expected x of shape \(\.\.\., 64\)"),
+    (lambda: gf.GradResMLP(8, 4), torch.tensor(1.0), r"GradResMLP\(dim=8\) got a 0-d tensor"),
+    (lambda: gf.GradResConv2d(16), torch.randn(2, 8, 5, 5),
+     r"GradResConv2d\(channels=16\) got an input with 8 channels .*\(N, 16, H, W\)"),
+    (lambda: gf.GradResConv2d(16), torch.randn(16, 5, 5),
+     r"GradResConv2d\(channels=16\) expects x of shape \(N, 16, H, W\), got a 3-d tensor"),
+], ids=["mlp-width", "mlp-0d", "conv-channels", "conv-rank"])
+def test_module_input_errors_name_the_modules_own_arguments(module, x, message):
+    """A module speaks of its constructor's arguments (dim, channels), not of the weights w1/w2
+    that the functional API sees."""
+    with pytest.raises(ValueError, match=message) as err:
+        module()(x)
+    assert "w1" not in str(err.value)

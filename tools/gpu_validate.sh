@@ -13,7 +13,7 @@
 #                 (xdist names the test it was running and carries on), never the run
 #   3. sanitizer  compute-sanitizer memcheck and racecheck over a focused set of cpp CUDA tests
 #                 (PyTorch's caching allocator off, so out-of-bounds accesses hit real bounds)
-#   4. bench      python -m bench (full; JSON + MD + PNG)
+#   4. bench      python -m bench --full (JSON + MD + PNG; exit 1 when parity fails)
 #   5. examples   the four experiments in --quick mode
 # OUTDIR gets logs/, junit/, bench/, examples/, summary.txt (one screen, also printed last) and
 # summary.json. Exit status: 0 when every step passed, 1 otherwise.
@@ -122,7 +122,7 @@ stamp="$("$py" -c "
 import torch, datetime, bench.__main__ as b
 dev = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
 print(b.device_name(dev) + '-' + datetime.date.today().strftime('%Y%m%d'))")"
-if [ $self_test = 1 ]; then bench_args="${GPU_VALIDATE_BENCH_ARGS:---quick}"; else bench_args="${GPU_VALIDATE_BENCH_ARGS:-}"; fi
+if [ $self_test = 1 ]; then bench_args="${GPU_VALIDATE_BENCH_ARGS:---quick}"; else bench_args="${GPU_VALIDATE_BENCH_ARGS:---full}"; fi
 # shellcheck disable=SC2086
 step bench 480 "$py" -m bench $bench_args --out "$out/bench/$stamp.json"
 
