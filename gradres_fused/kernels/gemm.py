@@ -9,8 +9,9 @@ Epilogues (EPI):
   0 PLAIN   C (+ vec[n] when HAS_VEC: W̄2 += 1 s̄ᵀ)
   1 HIDDEN  z = C + b1;  a = φ(z);  d = φ'(z)·s          → z, a, d
   2 FG      F = C1 + b2;  g = C2                          → F, g
-  3 ZBAR    z̄ = C1 φ'(z) [+ C2 s φ''(z)], d = φ'(z)·s     → z̄, d, per-M-tile column sums of z̄
-            (b̄1) and of C2 φ'(z) (s̄)
+  3 ZBAR    z̄ = C1 φ'(z) [+ C2 s φ''(z)], d = φ'(z)·s, a = φ(z) → z̄, d, a, per-M-tile column
+            sums of z̄ (b̄1) and of C2 φ'(z) (s̄); a is rebuilt here from z rather than saved by
+            the forward (the op keeps x, z, ĝ, r: one hidden-sized tensor, as composite does)
   4 XBAR    x̄ = C + (1−m)·ȳ
 Operands go to tl.dot in the input dtype (bf16/fp16 tensor cores, fp32 as TF32 only when torch
 allows it) with float32 accumulation; epilogue math in the accumulation type.
@@ -118,9 +119,10 @@ def gemm_kernel(
             acc1 += tl.load(vec_ptr + rn, mask=nmask, other=0.0).to(ACC)[None, :]
         tl.store(c1_ptr + c_offs, acc1.to(out_ty), mask=cmask)
         tl.store(c2_ptr + c_offs, acc2.to(out_ty), mask=cmask)
-    elif EPI == 3:  # ZBAR: aux = z; c1 = z̄, c2 = d; col1 = Σ z̄, col2 = Σ d̄ φ'(z) per M tile
+    elif EPI == 3:  # ZBAR: aux = z; c1 = z̄, c2 = d, c3 = a; col1 = Σ z̄, col2 = Σ d̄ φ'(z)
         z = tl.load(aux_ptr + rm64[:, None] * sxm + rn64[None, :] * sxn, mask=cmask,
                     other=0.0).to(ACC)
+        tl.store(c3_ptr + c_offs, act_fn(z, ACT).to(out_ty), mask=cmask)
         d1 = act_d1(z, ACT)
         z_bar = acc1 * d1
         if HAS_PAIR2:
@@ -180,8 +182,8 @@ def _col_tiles(m: int, cfg: policy.Config) -> int:
 
 
 def mlp_fwd(x, w1, b1, w2, b2, alpha, activation: str, normalize: bool, eps: float):
-    """Wide MLP forward: (y, z, a, ĝ, r). Three launches + the row pass:
-    GEMM1 (z, a, d) → dual GEMM (F, g) → Σg² and mix."""
+    """Wide MLP forward: (y, z, ĝ, r) (a = φ(z) is a temporary: the backward rebuilds it). Three
+    launches + the row pass: GEMM1 (z, a, d) → dual GEMM (F, g) → Σg² and mix."""
     n, dim = x.shape
     hidden = w1.shape[0]
     z = x.new_empty((n, hidden))
@@ -192,19 +194,19 @@ def mlp_fwd(x, w1, b1, w2, b2, alpha, activation: str, normalize: bool, eps: flo
         gemm(z, (x, w1.t()), epi=HIDDEN, c2=a, c3=d, vec=b1, s=s, activation=activation)
         gemm(f, (a, w2.t()), (d, w1), epi=FG, dual=True, c2=g, vec=b2)
     y, g_hat, r = rows.norm_mix(f, x.contiguous(), g, alpha, normalize, eps)
-    return y, z, a, g_hat, r
+    return y, z, g_hat, r
 
 
-def mlp_bwd(y_bar, x, w1, b1, w2, alpha, z, a, g_hat, r, activation: str, normalize: bool,
+def mlp_bwd(y_bar, x, w1, b1, w2, alpha, z, g_hat, r, activation: str, normalize: bool,
             detach: bool):
-    """(x̄, W̄1, b̄1, W̄2, b̄2, ᾱ): row pass (ᾱ, ḡ) → dual GEMM ā, d̄ with the z̄ epilogue →
-    x̄ GEMM (+ (1−m)ȳ) → stacked W̄1 GEMM → W̄2 GEMM (+ 1 s̄ᵀ)."""
+    """(x̄, W̄1, b̄1, W̄2, b̄2, ᾱ): row pass (ᾱ, ḡ) → dual GEMM ā, d̄ with the z̄ epilogue (which
+    also rebuilds a = φ(z)) → x̄ GEMM (+ (1−m)ȳ) → stacked W̄1 GEMM → W̄2 GEMM (+ 1 s̄ᵀ)."""
     n, dim = x.shape
     hidden = w1.shape[0]
     acc = acc_torch_dtype(x.dtype)
     y_bar = y_bar.contiguous()
     alpha_sum, g_bar = rows.bwd_rows(y_bar, g_hat, x.contiguous(), r, alpha, normalize, detach)
-    z_bar = torch.empty_like(z)
+    z_bar, a = torch.empty_like(z), torch.empty_like(z)
     d = None if detach else torch.empty_like(z)
     zbar_cfg = config(y_bar, n, hidden, dim)
     tiles = _col_tiles(n, zbar_cfg)
@@ -217,7 +219,7 @@ def mlp_bwd(y_bar, x, w1, b1, w2, alpha, z, a, g_hat, r, activation: str, normal
     s_bar = None
     if n:
         gemm(z_bar, (y_bar, w2), None if detach else (g_bar, w1.t()), epi=ZBAR, dual=True,
-             c2=d, s=s, aux=z, col1=col1, col2=col2, activation=activation, cfg=zbar_cfg)
+             c2=d, c3=a, s=s, aux=z, col1=col1, col2=col2, activation=activation, cfg=zbar_cfg)
         gemm(x_bar, (z_bar, w1), epi=XBAR, aux=y_bar, alpha=alpha)
         gemm(w1_bar, (z_bar.t(), x), None if detach else (d.t(), g_bar), rows_in="k")
         s_bar = None if detach else col2.sum(0)
