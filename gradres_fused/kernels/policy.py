@@ -249,8 +249,13 @@ _GEMM_GROUP_M = 8
 # 16-bit at 64 × 64 × 8 warps: none (128–141 registers). float32 (IEEE dots lower to FMA loops,
 # TF32 to wider MMA operands): 64 × 64 × 8 warps still 4 B (TF32 silu, sm_80), 64 × 64 × 4
 # warps 36 B (IEEE); 64 × 32 none (4 warps, IEEE: 128 / 152 registers; 8 warps TF32: 64). So
-# tiles are at most 64 × 64 (16-bit) or 64 × 32 (float32), with 8 warps from 64 × 64.
+# tiles are at most 64 × 64 (16-bit) or 64 × 32 (float32), with 8 warps from 64 × 64. The dual
+# epilogues (`dual`: FG, and ZBAR, which also rebuilds a = φ(z)) take 64 × 32 for every dtype:
+# bf16 ZBAR gelu second order at 64 × 64 × 8 warps spilled 48 B on sm_80 (BLOCK_K 32: 12 B),
+# and with 8 warps (64 × 32 × 4 warps: silu second order float32 16 B, fp16 12 B on sm_90; 8
+# warps: 94–184 registers, none, on sm_80 and sm_90).
 _GEMM_MAX_N = {2: 64, 4: 32, 8: 32}
+_GEMM_MAX_N_DUAL = 32
 _GEMM_MAX_M = {2: 64, 4: 64, 8: 64}
 _GEMM_8_WARPS_ELEMS = 64 * 64
 
@@ -266,7 +271,8 @@ def _gemm_tile(extent: int, cap: int) -> int:
     return min(cap, pow2(extent))
 
 
-def gemm(elem: int, m: int, n: int, k: int, arch: Arch, *, rows_in: str = "m") -> Config:
+def gemm(elem: int, m: int, n: int, k: int, arch: Arch, *, rows_in: str = "m",
+         dual: bool = False) -> Config:
     """Config of gemm_kernel for C[M, N] = A[M, K]·B[K, N] (operands of `elem` bytes). `rows_in`
     says which extent is the batch ("m": activations GEMMs; "k": weight-gradient GEMMs); that
     extent enters as its row bucket, the other two are model widths."""
@@ -277,16 +283,34 @@ def gemm(elem: int, m: int, n: int, k: int, arch: Arch, *, rows_in: str = "m") -
     k = row_bucket(k) if rows_in == "k" else k
     cap_m = _GEMM_MAX_M[elem] if arch.row_block_cap is None else arch.row_block_cap
     block_m = _gemm_tile(m, cap_m)
-    block_n = _gemm_tile(n, _GEMM_MAX_N[elem] if arch.row_block_cap is None else
-                         arch.row_block_cap)
+    block_n = _gemm_tile(n, (_GEMM_MAX_N_DUAL if dual else _GEMM_MAX_N[elem])
+                         if arch.row_block_cap is None else arch.row_block_cap)
     block_k = _gemm_tile(k, (64 if elem <= 2 else 32) if arch.row_block_cap is None else
                          arch.row_block_cap)
-    warps = 8 if block_m * block_n >= _GEMM_8_WARPS_ELEMS else 4
+    warps = 8 if dual or block_m * block_n >= _GEMM_8_WARPS_ELEMS else 4
     for stages in (3, 2, 1):
         if gemm_shared_bytes(elem, block_m, block_n, block_k, stages) <= arch.shared_bytes:
             return config(num_warps=warps, num_stages=stages, BLOCK_M=block_m, BLOCK_N=block_n,
                           BLOCK_K=block_k, GROUP_M=_GEMM_GROUP_M)
     raise ValueError(f"gemm: no pipeline depth fits {arch.name}'s shared memory")  # unreachable
+
+
+# Split-K for the weight-gradient GEMMs (rows are their reduction extent): an output of few tiles
+# (W̄ of a narrow MLP: 64 × 64 is 2 tiles of 64 × 32) would otherwise stream all N rows through
+# 2 SMs. Chunks of at least _SPLIT_MIN_K rows, enough of them that tiles × chunks reaches
+# PERSISTENT_PROGRAMS: a function of the shape only, so the sum order is the same on every GPU.
+_SPLIT_MIN_K = 256
+
+
+def gemm_k_chunk(tiles: int, k: int, block_k: int, arch: Arch) -> Optional[int]:
+    """Rows per split-K chunk for a GEMM of `tiles` output tiles reducing over k rows, or None
+    (no split). The interpreter splits small problems too (so the tests cover it)."""
+    target, min_k = (PERSISTENT_PROGRAMS, _SPLIT_MIN_K) if arch.gpu else (6, 16)
+    splits = min(-(-target // max(tiles, 1)), k // min_k)
+    if splits < 2:
+        return None
+    chunk = max(block_k, k // splits // block_k * block_k)  # a BLOCK_K multiple: ≥ splits chunks
+    return chunk if chunk < k else None
 
 
 # ---- elementwise and row kernels (kernels/rows.py, kernels/conv.py) ------------------------------
@@ -403,9 +427,10 @@ def reachable(archs=(SM80, SM90)) -> Iterator[Launch]:
             for m in extents:
                 for n in extents:
                     for k in extents:
-                        for rows_in in ("m", "k"):
+                        for rows_in, dual in (("m", False), ("m", True), ("k", False)):
                             yield from emit(Launch(GEMM, gemm(elem, m, n, k, arch,
-                                                              rows_in=rows_in), dtype, arch))
+                                                              rows_in=rows_in, dual=dual),
+                                                   dtype, arch))
                         # rows_in only decides which extent is bucketed: these are buckets
                         for cfg in prune(GEMM, candidates(GEMM), arch, elem, m=m, n=n, k=k):
                             yield from emit(Launch(GEMM, cfg, dtype, arch))
