@@ -6,7 +6,9 @@ agree:
 - "fused": D, H ≤ 128 and a row tile fits the device's shared memory — the whole block in one
   kernel per row tile (kernels/mlp_fused.py); the forward stores only y and the backward
   recomputes z, a, ĝ from x;
-- "tiled": GEMMs with fused epilogues (kernels/gemm.py); the forward keeps z, a, ĝ, r.
+- "tiled": GEMMs with fused epilogues (kernels/gemm.py); the forward keeps z, ĝ, r (a = φ(z)
+  is rebuilt by the backward's z̄ epilogue), so the op saves x, one hidden-sized tensor, ĝ and r,
+  as `composite` does (the conv path likewise; tests/test_saved_bytes.py counts them).
 GRADRES_TRITON_MLP=fused|tiled|auto overrides the choice (benchmarks, tests of both paths). The
 forward decides once and its saved tensors record the decision (`saved_path`): the backward reads
 it from there, never from the environment, so a forward and its backward always agree.
@@ -100,13 +102,13 @@ def _mlp_saved(x, w1, normalize):
     hidden = w1.shape[0]
     if mlp_path(dim, hidden, x.dtype, x.device) == "fused":  # the backward recomputes: placeholders
         return _empty(x), _empty(x), _empty(x), _empty(x)
-    return (x.new_empty((n, hidden)), x.new_empty((n, hidden)), x.new_empty((n, dim)),
+    return (x.new_empty((n, hidden)), _empty(x), x.new_empty((n, dim)),
             x.new_empty((n if normalize else 0,), dtype=common.acc_torch_dtype(x.dtype)))
 
 
 def _conv_saved(x, w1, normalize):
     hidden = (x.shape[0], w1.shape[0], *x.shape[2:])
-    return (x.new_empty(hidden), x.new_empty(hidden), x.new_empty(x.shape),
+    return (x.new_empty(hidden), _empty(x), x.new_empty(x.shape),
             x.new_empty((x.shape[0] if normalize else 0,), dtype=common.acc_torch_dtype(x.dtype)))
 
 
@@ -114,23 +116,23 @@ def _mlp_fwd(x, w1, b1, w2, b2, alpha, activation, normalize, eps, detach):
     if mlp_path(x.shape[1], w1.shape[0], x.dtype, x.device) == "fused":
         y = mlp_fused.mlp_fwd(x, w1, b1, w2, b2, alpha, activation, normalize, eps)
         return (y, _empty(x), _empty(x), _empty(x), _empty(x))
-    return gemm.mlp_fwd(x, w1, b1, w2, b2, alpha, activation, normalize, eps)
+    y, z, g_hat, r = gemm.mlp_fwd(x, w1, b1, w2, b2, alpha, activation, normalize, eps)
+    return y, z, _empty(x), g_hat, r  # a: rebuilt by the backward
 
 
 def _mlp_bwd(y_bar, x, w1, b1, w2, alpha, z, a, g_hat, r, activation, normalize, eps, detach):
     if saved_path(z) == "fused":
         return mlp_fused.mlp_bwd(y_bar, x, w1, b1, w2, alpha, activation, normalize, eps, detach)
-    return gemm.mlp_bwd(y_bar, x, w1, b1, w2, alpha, z, a, g_hat, r, activation, normalize,
-                        detach)
+    return gemm.mlp_bwd(y_bar, x, w1, b1, w2, alpha, z, g_hat, r, activation, normalize, detach)
 
 
 def _conv_fwd(x, w1, b1, w2, b2, alpha, activation, normalize, eps, detach):
-    return conv.conv_fwd(x, w1, b1, w2, b2, alpha, activation, normalize, eps)
+    y, z, g_hat, r = conv.conv_fwd(x, w1, b1, w2, b2, alpha, activation, normalize, eps)
+    return y, z, _empty(x), g_hat, r  # a: rebuilt by the backward
 
 
 def _conv_bwd(y_bar, x, w1, b1, w2, alpha, z, a, g_hat, r, activation, normalize, eps, detach):
-    return conv.conv_bwd(y_bar, x, w1, b1, w2, alpha, z, a, g_hat, r, activation, normalize,
-                         detach)
+    return conv.conv_bwd(y_bar, x, w1, b1, w2, alpha, z, g_hat, r, activation, normalize, detach)
 
 
 _LIB = None

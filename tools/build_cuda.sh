@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build gradres_fused._C WITH CUDA on a machine that has no GPU, exactly as CI does, and check it.
 #
-#   bash tools/build_cuda.sh [--test]
+#   bash tools/build_cuda.sh [--test] [--static] [--report]
 #
 # 1. A separate virtual environment (never the one the README's commands use), kept between runs
 #    at $GRADRES_CUDA_VENV (default ~/.cache/gradres_fused/cuda-venv), with the CUDA build of
@@ -13,12 +13,25 @@
 #    tracked sources (the repository's own gradres_fused/_C*.so stays the CPU build).
 # 3. The result must load, report the CUDA kernels registered for every op, and (--test) pass
 #    tests/test_cpp.py on CPU against that binary.
+# 4. --static: the GPU resource budget (tests/test_gpu_static.py, bench.static --ci: every kernel
+#    either backend launches on the representative workloads, compiled for sm_80 and sm_90
+#    through ptxas, without spills, ≥ 8 warps per SM, grids that fill the GPU); ~6–8 min on two
+#    cores. --report: regenerate bench/results/gpu-static-sm{80,90}.{md,json} in this checkout
+#    (every activation and dtype, plus the paper model of GPU time; ~15 min on two cores with a
+#    cold Triton cache).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${GRADRES_CUDA_VENV:-$HOME/.cache/gradres_fused/cuda-venv}"
 archs="${TORCH_CUDA_ARCH_LIST:-8.0;9.0+PTX}"
-run_tests=0
-[ "${1:-}" = "--test" ] && run_tests=1
+run_tests=0 run_static=0 run_report=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) run_tests=1 ;;
+    --static) run_static=1 ;;
+    --report) run_report=1 ;;
+    *) echo "build_cuda: unknown argument $arg (expected --test, --static, --report)"; exit 2 ;;
+  esac
+done
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 
 TORCH_PIN="torch==2.11.0"  # the GPU image's torch; its Linux wheel is the CUDA 13.0 build
@@ -63,4 +76,11 @@ print("build_cuda: _C loads without a GPU; CPU and CUDA kernels registered for",
 PY
 if [ "$run_tests" = 1 ]; then
   "$py" -m pytest -q -p no:cacheprovider tests/test_cpp.py
+fi
+if [ "$run_static" = 1 ]; then
+  GRADRES_STATIC_REQUIRED=1 GRADRES_STATIC_PYTHON="$py" \
+    "$py" -m pytest -q -p no:cacheprovider tests/test_gpu_static.py
+fi
+if [ "$run_report" = 1 ]; then
+  (cd "$root" && "$py" -m bench.static --arch 80 90)
 fi

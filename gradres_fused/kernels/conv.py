@@ -3,9 +3,13 @@ every elementwise and reduction stage between them:
 
     smap          S[c,i,j] = Σ_{u,v} W2.sum(0)[c,u,v] R[u,i] Q[v,j]     (no ones-convolution)
     hidden        a = φ(z), d = φ'(z)·S                                  (one pass over z)
+                  (the op saves x, z, ĝ, r — one hidden-sized tensor, as composite does —: a is
+                  a forward temporary, rebuilt by zbar in the backward)
     rows.*        Σg², r, y = F + (1−m)x + m·ĝ;  backward ᾱ, ḡ           (per-sample reductions)
-    zbar          z̄ = ā φ'(z) [+ d̄ S φ''(z)], d = φ'(z)·S, S̄ = Σ_n d̄ φ'(z) (batch loop per
-                  position: deterministic, no atomics)
+    zbar          z̄ = ā φ'(z) [+ d̄ S φ''(z)], d = φ'(z)·S and the per-sample terms d̄ φ'(z) of
+                  S̄ = Σ_n d̄ φ'(z), summed over the batch by the host in a fixed order
+                  (deterministic, no atomics); one program per (sample, 512 positions), so the
+                  grid fills the GPU (a batch loop per position gave an EDSR block 144 programs)
     smap_adjoint  W̄2[o,c,u,v] += Σ_{i,j} S̄[c,i,j] R[u,i] Q[v,j]  — a rectangle sum of S̄[c]
 """
 from __future__ import annotations
@@ -75,31 +79,27 @@ def hidden_kernel(z_ptr, s_ptr, a_ptr, d_ptr, TOTAL, PLANE, ACT: tl.constexpr,
     tl.store(d_ptr + offs, (act_d1(z, ACT) * s).to(d_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=["N"])
-def zbar_kernel(abar_ptr, dbar_ptr, z_ptr, s_ptr, zbar_ptr, d_ptr, sbar_ptr, N, PLANE,
+@triton.jit(do_not_specialize=["TOTAL"])
+def zbar_kernel(abar_ptr, dbar_ptr, z_ptr, s_ptr, zbar_ptr, d_ptr, sbar_ptr, a_ptr, TOTAL, PLANE,
                 SECOND: tl.constexpr, ACT: tl.constexpr, D2_ZERO: tl.constexpr,
                 ACC: tl.constexpr, BLOCK: tl.constexpr):
-    """Per position p of the (Cm, H, W) plane, loop over the batch: z̄ and (second order) d and
-    S̄[p] = Σ_n d̄ φ'(z)."""
-    p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = p < PLANE
-    s = tl.load(s_ptr + p, mask=mask, other=0.0).to(ACC)
-    s_bar = tl.zeros([BLOCK], dtype=ACC)
-    offs = p.to(tl.int64) - PLANE  # int64 walk over the samples: N·PLANE may pass 2^31
-    for _ in range(0, N):
-        offs += PLANE
-        z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(ACC)
-        d1 = act_d1(z, ACT)
-        z_bar = tl.load(abar_ptr + offs, mask=mask, other=0.0).to(ACC) * d1
-        if SECOND:
-            d_bar = tl.load(dbar_ptr + offs, mask=mask, other=0.0).to(ACC)
-            if not D2_ZERO:
-                z_bar += d_bar * s * act_d2(z, ACT)
-            s_bar += d_bar * d1
-            tl.store(d_ptr + offs, (d1 * s).to(d_ptr.dtype.element_ty), mask=mask)
-        tl.store(zbar_ptr + offs, z_bar.to(zbar_ptr.dtype.element_ty), mask=mask)
+    """Over flat z (N·Cm·H·W; S repeats every PLANE elements): z̄ and (second order) d and the
+    term d̄ φ'(z) of S̄ (in the accumulation type; the host sums it over the samples); a = φ(z)
+    for W̄2 (not saved by the forward)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < TOTAL
+    s = tl.load(s_ptr + offs % PLANE, mask=mask, other=0.0).to(ACC)
+    z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(ACC)
+    tl.store(a_ptr + offs, act_fn(z, ACT).to(a_ptr.dtype.element_ty), mask=mask)
+    d1 = act_d1(z, ACT)
+    z_bar = tl.load(abar_ptr + offs, mask=mask, other=0.0).to(ACC) * d1
     if SECOND:
-        tl.store(sbar_ptr + p, s_bar, mask=mask)
+        d_bar = tl.load(dbar_ptr + offs, mask=mask, other=0.0).to(ACC)
+        if not D2_ZERO:
+            z_bar += d_bar * s * act_d2(z, ACT)
+        tl.store(sbar_ptr + offs, d_bar * d1, mask=mask)
+        tl.store(d_ptr + offs, (d1 * s).to(d_ptr.dtype.element_ty), mask=mask)
+    tl.store(zbar_ptr + offs, z_bar.to(zbar_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit(do_not_specialize=["TOTAL"])
@@ -140,7 +140,7 @@ def smap_adjoint(s_bar, w2):
 
 
 def conv_fwd(x, w1, b1, w2, b2, alpha, activation: str, normalize: bool, eps: float):
-    """(y, z, a, ĝ, r) for x (N, C, H, W)."""
+    """(y, z, ĝ, r) for x (N, C, H, W); a = φ(z) is a temporary (the backward rebuilds it)."""
     x = x.contiguous()
     z = F.conv2d(x, w1, b1, padding=_pad(w1)).contiguous()
     s = smap(w2, *x.shape[2:])
@@ -152,10 +152,10 @@ def conv_fwd(x, w1, b1, w2, b2, alpha, activation: str, normalize: bool, eps: fl
     f = F.conv2d(a, w2, b2, padding=_pad(w2)).contiguous()
     g = F.conv_transpose2d(d, w1, padding=_pad(w1)).contiguous()
     y, g_hat, r = rows.norm_mix(f, x, g, alpha, normalize, eps)
-    return y, z, a, g_hat, r
+    return y, z, g_hat, r
 
 
-def conv_bwd(y_bar, x, w1, b1, w2, alpha, z, a, g_hat, r, activation: str, normalize: bool,
+def conv_bwd(y_bar, x, w1, b1, w2, alpha, z, g_hat, r, activation: str, normalize: bool,
              detach: bool):
     """(x̄, W̄1, b̄1, W̄2, b̄2, ᾱ) for the conv block."""
     x, y_bar = x.contiguous(), y_bar.contiguous()
@@ -163,18 +163,19 @@ def conv_bwd(y_bar, x, w1, b1, w2, alpha, z, a, g_hat, r, activation: str, norma
     a_bar = conv2d_input(z.shape, w2, y_bar, padding=_pad(w2)).contiguous()
     d_bar = None if detach else F.conv2d(g_bar, w1, padding=_pad(w1)).contiguous()
     s = smap(w2, *x.shape[2:])
-    z_bar = torch.empty_like(z)
+    z_bar, a = torch.empty_like(z), torch.empty_like(z)
     d = None if detach else torch.empty_like(z)
-    s_bar = s.new_zeros(s.shape)
-    plane = s.numel()
-    zbar_kernel[(triton.cdiv(plane, BLOCK),)](
-        a_bar, a_bar if detach else d_bar, z, s, z_bar, z_bar if detach else d, s_bar,
-        x.shape[0], plane, SECOND=not detach, **activation_constexprs(activation),
-        ACC=acc_dtype(x.dtype), **launch_options(ELEMENTWISE))
+    s_terms = z_bar if detach else torch.empty_like(z, dtype=s.dtype)  # d̄ φ'(z) per sample
+    if z.numel():
+        zbar_kernel[(triton.cdiv(z.numel(), BLOCK),)](
+            a_bar, a_bar if detach else d_bar, z, s, z_bar, z_bar if detach else d, s_terms, a,
+            z.numel(), s.numel(), SECOND=not detach, **activation_constexprs(activation),
+            ACC=acc_dtype(x.dtype), **launch_options(ELEMENTWISE))
     w2_bar = conv2d_weight(a, w2.shape, y_bar, padding=_pad(w2))
     if detach:
         w1_bar = conv2d_weight(x, w1.shape, z_bar, padding=_pad(w1))
     else:
+        s_bar = s_terms.sum(0)  # over the samples, in a fixed order
         w2_bar = w2_bar + smap_adjoint(s_bar, w2).to(w2.dtype).unsqueeze(0)
         w1_bar = conv2d_weight(torch.cat([x, g_bar]), w1.shape, torch.cat([z_bar, d]),
                                padding=_pad(w1))

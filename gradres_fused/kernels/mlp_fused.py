@@ -4,10 +4,11 @@ in one kernel, forward and backward (both modes).
 Forward, per tile of BLOCK_M rows (x read once, y written once, nothing else stored):
     z = x W1ᵀ + b1,  a = φ(z),  d = φ'(z)·s  (s = W2ᵀ1 from the W2 tile),
     F = a W2ᵀ + b2,  g = d W1,  r = sqrt(‖g‖² + eps²),  y = F + (1−m)x + m·g/r.
-Backward: a persistent grid (one program per SM) walks the row tiles, recomputes z, a, d, g, r from
-x (cheaper than storing and re-reading N×H intermediates: the block is bandwidth-bound at these
-widths), writes x̄ per tile and accumulates W̄1, W̄2, b̄1, b̄2, s̄, ᾱ in registers; each program
-stores one partial and the host sums the partials (deterministic: no atomics). docs/DESIGN.md §2 formulas.
+Backward: a persistent grid (policy.PERSISTENT_PROGRAMS programs, the same on every GPU) walks
+the row tiles, recomputes z, a, d, g, r from x (cheaper than storing and re-reading N×H
+intermediates: the block is bandwidth-bound at these widths), writes x̄ per tile and accumulates
+W̄1, W̄2, b̄1, b̄2, s̄, ᾱ in registers; each program stores one partial and the host sums the
+partials (deterministic, no atomics, bitwise the same on every GPU). docs/DESIGN.md §2 formulas.
 
 Row tiles come from the launch policy (kernels/policy.py `fused_mlp`): one config per width and
 dtype whatever the batch; N is `do_not_specialize`, so a new batch size compiles nothing.

@@ -15,8 +15,16 @@ launch site compiles at most `MAX_VARIANTS` = 4 specialisations over any sequenc
 a training loop over 100 distinct batch sizes included — because the policy maps every row count
 to one of at most that many configs (tests/test_triton_policy.py checks it over N = 0…2^31). The
 fused MLP kernels, the row passes and the conv stages use one config whatever the batch (1
-variant); only the tiled GEMM's tiles follow the row bucket (BLOCK_M ∈ {16, 32, 64, 128} when rows
+variant); only the tiled GEMM's tiles follow the row bucket (BLOCK_M ∈ {16, 32, 64} when rows
 are its M extent, BLOCK_K ∈ {16, 32, 64} when rows are its reduction extent).
+
+Registers: every config the default policy returns for sm_80 and sm_90 compiles without register
+spills and keeps ≥ 8 warps resident per SM (ptxas, Triton 3.6). The limits below (fused row tiles
+and warps, which widths and dot precisions are fused at all, GEMM tile caps) come from that
+compiler's figures, quoted where they are set; bench/static.py compiles what the launch code
+actually launches on the representative workloads and tests/test_gpu_static.py holds it to that
+budget. The opt-in autotuner's candidates are pruned to the same tile caps but are not all
+compiled by that test.
 
 Opt-in autotuning: GRADRES_AUTOTUNE=1 (read once, when this module is imported) wraps the fused MLP
 and GEMM kernels in `triton.autotune` over `candidates(kernel)`, keyed on the row bucket (never the
@@ -51,13 +59,14 @@ class Arch:
     shared_bytes: int  # opt-in shared memory per block
     sm_count: int
     row_block_cap: Optional[int] = None  # interpreter: small row tiles, fast and multi-tile
+    gpu: bool = True  # False: Triton's interpreter (no register file to fit)
 
 
 SM80 = Arch("sm_80", 166_912, 108)  # A100
 SM90 = Arch("sm_90", 232_448, 132)  # H100 / H200
 # Triton's interpreter on CPU: no shared memory limit, three "SMs" so persistent kernels run
 # several programs, 16-row tiles so the tests' small batches still span several tiles.
-INTERPRETER = Arch("interpreter", 1 << 40, 3, row_block_cap=16)
+INTERPRETER = Arch("interpreter", 1 << 40, 3, row_block_cap=16, gpu=False)
 
 # Per-block opt-in shared memory by compute capability, for torch builds whose device properties
 # lack `shared_memory_per_block_optin` (CUDA programming guide, "Compute capabilities" table).
@@ -124,9 +133,26 @@ def row_bucket(rows: int) -> int:
 FUSED_KERNELS = ("mlp_fused_fwd", "mlp_fused_bwd")
 FUSED_MAX_WIDTH = 128
 _FUSED_BLOCK_M = (64, 32, 16)  # largest first: fewer programs, weights reused over more rows
-# Row tiles of 8192 elements (64 rows × 128) get 8 warps, so a thread holds ≤ 32 elements of each
-# row-tile intermediate and the backward (a dozen such intermediates live) stays out of spills.
-_FUSED_8_WARPS_ELEMS = 64 * FUSED_MAX_WIDTH
+# Register budget, from ptxas on sm_90 (Triton 3.6; bench/static.py reports every launched config):
+# - forward: row tiles up to 8192 elements (64 rows × 128), 8 warps from 8192 elements, 4 below
+#   (bf16 D = H = 64, 64 rows × 4 warps: 148 registers, no spills); TF32 dots take at most 32
+#   rows (D = H = 64 on sm_80: 64 rows × 4 warps spilled 504–564 B per thread, 64 × 8 452 B;
+#   32 × 4: 137 registers, none);
+# - backward: W1, W2 and the W̄1, W̄2 accumulators stay live across its row loop besides a dozen
+#   row-tile intermediates, so it runs 16-row tiles — 8 warps at width 64, 4 below — and only
+#   up to D, H ≤ 64 (16-bit) or 32 (TF32) on a GPU. Per thread, ptxas: bf16 D = H = 64,
+#   16 × 8 no spills on sm_80 and sm_90 (182 / 229 registers); spilling were 64 × 4 (1,492 B of
+#   stores, sm_90), 32 × 4 (124 B), 16 × 4 on sm_80 (16 B); D = H = 32: 16 × 4 none (148–214
+#   registers, bf16 and TF32), 16 × 8 detach 8 B, 32 × 8 60 B (TF32 480 B); TF32 at 64 spills
+#   even at 16 × 8 on sm_80 (relu second order: 8 B); at 128 even bf16 16 × 8 spills (104 B
+#   second order) and 16 warps would cap a thread at 128 registers. Wider blocks run on the
+#   tiled path (both kernels: the forward decides the path for its backward).
+_FUSED_TILE_ELEMS = {"mlp_fused_fwd": 64 * FUSED_MAX_WIDTH, "mlp_fused_bwd": 16 * FUSED_MAX_WIDTH}
+_FUSED_MAX_BLOCK_M = {("mlp_fused_fwd", False): 64, ("mlp_fused_fwd", True): 32,
+                      ("mlp_fused_bwd", False): 16, ("mlp_fused_bwd", True): 16}
+_FUSED_8_WARPS_ELEMS = 64 * FUSED_MAX_WIDTH  # forward tiles this large get 8 warps
+_FUSED_BWD_8_WARPS_WIDTH = 64  # backward: 8 warps from this width
+FUSED_GPU_MAX_WIDTH = {False: 64, True: 32}  # by TF32 dots
 
 
 # Shared bytes per row-tile element (BLOCK_M × max(BLOCK_D, BLOCK_H)) beyond the two weight tiles,
@@ -148,8 +174,21 @@ def fused_shared_bytes(kernel: str, elem: int, block_m: int, block_d: int, block
             + _FUSED_ROW_TILE_BYTES[kernel, tf32] * block_m * max(block_d, block_h))
 
 
+# The fused backward's persistent grid: a constant, not a function of the SM count, so its
+# per-program partial sums (W̄1, W̄2, b̄, s̄, ᾱ) add up in the same order on every GPU. 264 = two
+# programs per SM of an H100 SXM (132 SMs); 2.3 per SM of an H100 PCIe (114), 2.4 of an A100
+# (108): an SM has a second program's loads in flight while one computes.
+PERSISTENT_PROGRAMS = 264
+
+
+def _fused_warps(kernel: str, block_m: int, width: int) -> int:
+    if kernel == "mlp_fused_bwd":
+        return 8 if width >= _FUSED_BWD_8_WARPS_WIDTH else 4
+    return 8 if block_m * width >= _FUSED_8_WARPS_ELEMS else 4
+
+
 def _fused_config(kernel: str, elem: int, block_m: int, block_d: int, block_h: int) -> Config:
-    warps = 8 if block_m * max(block_d, block_h) >= _FUSED_8_WARPS_ELEMS else 4
+    warps = _fused_warps(kernel, block_m, max(block_d, block_h))
     return config(num_warps=warps, num_stages=1, BLOCK_M=block_m, BLOCK_D=block_d,
                   BLOCK_H=block_h)
 
@@ -158,18 +197,32 @@ def fused_mlp(kernel: str, elem: int, dim: int, hidden: int, rows: int, arch: Ar
               tf32: bool = False) -> Config:
     """Config of a fused MLP kernel for rows × (D, H) operands of `elem` bytes (`tf32`: float32
     operands going to TF32 dots). One config for
-    every row count: the forward's grid grows with the rows and the backward is persistent (one
-    program per SM walking the row tiles), so the tile need not follow the batch."""
+    every row count: the forward's grid grows with the rows and the backward is persistent
+    (PERSISTENT_PROGRAMS programs walking the row tiles), so the tile need not follow the batch.
+
+    On a GPU the fused kernels take D, H ≤ FUSED_GPU_MAX_WIDTH (64, TF32 dots 32; see the
+    register budget above) and no float32 with IEEE dots: Triton lowers those dots to FMA loops whose operand
+    layouts do not fit the register file (sm_90, ptxas, second order, D = H = 64: the backward
+    spills at every tile tried — 64 rows × 4 warps 55,456 B of stores / 87,008 B of loads per
+    thread, 16 rows × 8 warps 6,092 / 8,100 B —, the forward 2,392 / 3,984 B at 64 rows × 4
+    warps). Those blocks run on the tiled path, whose GEMM tiles fit (bench/static.py)."""
     _check(kernel, FUSED_KERNELS, elem, rows)
     if not 1 <= dim <= FUSED_MAX_WIDTH or not 1 <= hidden <= FUSED_MAX_WIDTH:
         raise ValueError(f"fused MLP takes 1 ≤ D, H ≤ {FUSED_MAX_WIDTH}, got D={dim}, H={hidden}")
+    if arch.gpu and elem == 4 and not tf32:
+        raise ValueError(f"{kernel}: float32 with IEEE dots spills registers on {arch.name}: "
+                         f"no fused config (the tiled path runs it)")
+    if arch.gpu and max(dim, hidden) > FUSED_GPU_MAX_WIDTH[tf32]:
+        raise ValueError(f"{kernel}: D={dim}, H={hidden} spill registers on {arch.name} above "
+                         f"{FUSED_GPU_MAX_WIDTH[tf32]}: no fused config (the tiled path runs it)")
     block_d, block_h = pow2(dim), pow2(hidden)
     width = max(block_d, block_h)
     for block_m in _FUSED_BLOCK_M:
         if arch.row_block_cap is not None and block_m > arch.row_block_cap:
             continue
-        if block_m * width > _FUSED_8_WARPS_ELEMS:  # register budget of the widest tile
-            continue
+        if (block_m * width > _FUSED_TILE_ELEMS[kernel]
+                or block_m > _FUSED_MAX_BLOCK_M[kernel, tf32]):
+            continue  # register budget
         if fused_shared_bytes(kernel, elem, block_m, block_d, block_h, tf32) <= arch.shared_bytes:
             return _fused_config(kernel, elem, block_m, block_d, block_h)
     raise ValueError(f"{kernel}: no row tile fits {arch.name}'s {arch.shared_bytes} B of shared "
@@ -189,6 +242,22 @@ def fused_fits(elem: int, dim: int, hidden: int, arch: Arch, tf32: bool = False)
 # ---- tiled GEMM with epilogues (kernels/gemm.py) -------------------------------------------------
 GEMM = "gemm"
 _GEMM_GROUP_M = 8
+# Register budget (ptxas, Triton 3.6, per thread): the dual-accumulator epilogues (FG, ZBAR: two
+# BLOCK_M × BLOCK_N float32 accumulators and φ, φ', φ'' of z) spill at 128 × 128 × 8 warps
+# (sm_90, ZBAR second order gelu: bf16 1,492 / 1,572 B of stores / loads, float32 756 / 756 B)
+# and at 128 × 64 × 8 warps (silu: fp16 72 B on sm_90, bf16 24 B on sm_80; float32 gelu 8 B);
+# 16-bit at 64 × 64 × 8 warps: none (128–141 registers). float32 (IEEE dots lower to FMA loops,
+# TF32 to wider MMA operands): 64 × 64 × 8 warps still 4 B (TF32 silu, sm_80), 64 × 64 × 4
+# warps 36 B (IEEE); 64 × 32 none (4 warps, IEEE: 128 / 152 registers; 8 warps TF32: 64). So
+# tiles are at most 64 × 64 (16-bit) or 64 × 32 (float32), with 8 warps from 64 × 64. The dual
+# epilogues (`dual`: FG, and ZBAR, which also rebuilds a = φ(z)) take 64 × 32 for every dtype:
+# bf16 ZBAR gelu second order at 64 × 64 × 8 warps spilled 48 B on sm_80 (BLOCK_K 32: 12 B),
+# and with 8 warps (64 × 32 × 4 warps: silu second order float32 16 B, fp16 12 B on sm_90; 8
+# warps: 94–184 registers, none, on sm_80 and sm_90).
+_GEMM_MAX_N = {2: 64, 4: 32, 8: 32}
+_GEMM_MAX_N_DUAL = 32
+_GEMM_MAX_M = {2: 64, 4: 64, 8: 64}
+_GEMM_8_WARPS_ELEMS = 64 * 64
 
 
 def gemm_shared_bytes(elem: int, block_m: int, block_n: int, block_k: int, stages: int) -> int:
@@ -202,7 +271,8 @@ def _gemm_tile(extent: int, cap: int) -> int:
     return min(cap, pow2(extent))
 
 
-def gemm(elem: int, m: int, n: int, k: int, arch: Arch, *, rows_in: str = "m") -> Config:
+def gemm(elem: int, m: int, n: int, k: int, arch: Arch, *, rows_in: str = "m",
+         dual: bool = False) -> Config:
     """Config of gemm_kernel for C[M, N] = A[M, K]·B[K, N] (operands of `elem` bytes). `rows_in`
     says which extent is the batch ("m": activations GEMMs; "k": weight-gradient GEMMs); that
     extent enters as its row bucket, the other two are model widths."""
@@ -211,15 +281,13 @@ def gemm(elem: int, m: int, n: int, k: int, arch: Arch, *, rows_in: str = "m") -
         raise ValueError(f"rows_in: expected 'm' or 'k', got {rows_in!r}")
     m = row_bucket(m) if rows_in == "m" else m
     k = row_bucket(k) if rows_in == "k" else k
-    cap_m = 128 if arch.row_block_cap is None else arch.row_block_cap
+    cap_m = _GEMM_MAX_M[elem] if arch.row_block_cap is None else arch.row_block_cap
     block_m = _gemm_tile(m, cap_m)
-    block_n = _gemm_tile(n, 128 if arch.row_block_cap is None else arch.row_block_cap)
+    block_n = _gemm_tile(n, (_GEMM_MAX_N_DUAL if dual else _GEMM_MAX_N[elem])
+                         if arch.row_block_cap is None else arch.row_block_cap)
     block_k = _gemm_tile(k, (64 if elem <= 2 else 32) if arch.row_block_cap is None else
                          arch.row_block_cap)
-    # Fewer output tiles than SMs: halve BLOCK_M (not below 64) so more SMs get work.
-    if block_m == 128 and -(-m // 128) * -(-n // block_n) < arch.sm_count:
-        block_m = 64
-    warps = 8 if block_m * block_n >= 128 * 128 else 4
+    warps = 8 if dual or block_m * block_n >= _GEMM_8_WARPS_ELEMS else 4
     for stages in (3, 2, 1):
         if gemm_shared_bytes(elem, block_m, block_n, block_k, stages) <= arch.shared_bytes:
             return config(num_warps=warps, num_stages=stages, BLOCK_M=block_m, BLOCK_N=block_n,
@@ -227,8 +295,29 @@ def gemm(elem: int, m: int, n: int, k: int, arch: Arch, *, rows_in: str = "m") -
     raise ValueError(f"gemm: no pipeline depth fits {arch.name}'s shared memory")  # unreachable
 
 
+# Split-K for the weight-gradient GEMMs (rows are their reduction extent): an output of few tiles
+# (W̄ of a narrow MLP: 64 × 64 is 2 tiles of 64 × 32) would otherwise stream all N rows through
+# 2 SMs. Chunks of at least _SPLIT_MIN_K rows, enough of them that tiles × chunks reaches
+# PERSISTENT_PROGRAMS: a function of the shape only, so the sum order is the same on every GPU.
+_SPLIT_MIN_K = 256
+
+
+def gemm_k_chunk(tiles: int, k: int, block_k: int, arch: Arch) -> Optional[int]:
+    """Rows per split-K chunk for a GEMM of `tiles` output tiles reducing over k rows, or None
+    (no split). The interpreter splits small problems too (so the tests cover it)."""
+    target, min_k = (PERSISTENT_PROGRAMS, _SPLIT_MIN_K) if arch.gpu else (6, 16)
+    splits = min(-(-target // max(tiles, 1)), k // min_k)
+    if splits < 2:
+        return None
+    chunk = max(block_k, k // splits // block_k * block_k)  # a BLOCK_K multiple: ≥ splits chunks
+    return chunk if chunk < k else None
+
+
 # ---- elementwise and row kernels (kernels/rows.py, kernels/conv.py) ------------------------------
-ELEMENTWISE_BLOCK = 1024
+# 512 elements per program of 4 warps (4 per thread: one 16-byte float32 vector): a per-sample
+# pass over an EDSR block of 16 × 64 × 48 × 48 is 4,608 programs, 2.2 waves of the 2,112 an H100
+# holds at once (1,024-element programs: 1.1 waves).
+ELEMENTWISE_BLOCK = 512
 ELEMENTWISE = config(num_warps=4, num_stages=1, BLOCK=ELEMENTWISE_BLOCK)
 
 
@@ -246,13 +335,13 @@ def candidates(kernel: str, arch: Optional[Arch] = None) -> List[Config]:
     extents only: BLOCK_D/BLOCK_H of the fused kernels come from the widths at launch."""
     if kernel in FUSED_KERNELS:
         return [config(num_warps=w, num_stages=1, BLOCK_M=bm)
-                for bm, w in ((16, 4), (32, 4), (64, 4), (32, 8), (64, 8))]
+                for bm, w in ((16, 4), (32, 4), (64, 4), (16, 8), (32, 8), (64, 8))]
     if kernel == GEMM:
         return [config(num_warps=w, num_stages=st, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
                        GROUP_M=_GEMM_GROUP_M)
-                for bm, bn, bk, w, st in ((128, 128, 64, 8, 3), (128, 128, 32, 8, 3),
-                                          (64, 128, 64, 4, 3), (128, 64, 64, 4, 3),
-                                          (64, 64, 32, 4, 4), (64, 64, 64, 4, 2))]
+                for bm, bn, bk, w, st in ((64, 64, 64, 8, 3), (64, 64, 32, 8, 3),
+                                          (64, 64, 32, 8, 4), (64, 32, 32, 4, 3),
+                                          (64, 32, 64, 4, 2), (32, 32, 32, 4, 3))]
     raise ValueError(f"kernel: expected one of {[*FUSED_KERNELS, GEMM]}, got {kernel!r}")
 
 
@@ -271,10 +360,15 @@ def prune(kernel: str, configs, arch: Arch, elem: int, *, dim: int = 0, hidden: 
             block_d, block_h = pow2(dim), pow2(hidden)
             fits = (fused_shared_bytes(kernel, elem, kw["BLOCK_M"], block_d, block_h, tf32)
                     <= arch.shared_bytes and kw["BLOCK_M"] * max(block_d, block_h)
-                    <= _FUSED_8_WARPS_ELEMS)
+                    <= _FUSED_TILE_ELEMS[kernel]
+                    and kw["BLOCK_M"] <= _FUSED_MAX_BLOCK_M[kernel, tf32]
+                    and cfg.num_warps == _fused_warps(kernel, kw["BLOCK_M"],
+                                                      max(block_d, block_h)))
         else:
             fits = (all(kw[name] <= max(pow2(extent), smallest(name)) for name, extent in
                         (("BLOCK_M", row_bucket(m)), ("BLOCK_N", n), ("BLOCK_K", k)))
+                    and (not arch.gpu or (kw["BLOCK_M"] <= _GEMM_MAX_M[elem]
+                                          and kw["BLOCK_N"] <= _GEMM_MAX_N[elem]))
                     and gemm_shared_bytes(elem, kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"],
                                           cfg.num_stages) <= arch.shared_bytes)
         if fits:
@@ -333,9 +427,10 @@ def reachable(archs=(SM80, SM90)) -> Iterator[Launch]:
             for m in extents:
                 for n in extents:
                     for k in extents:
-                        for rows_in in ("m", "k"):
+                        for rows_in, dual in (("m", False), ("m", True), ("k", False)):
                             yield from emit(Launch(GEMM, gemm(elem, m, n, k, arch,
-                                                              rows_in=rows_in), dtype, arch))
+                                                              rows_in=rows_in, dual=dual),
+                                                   dtype, arch))
                         # rows_in only decides which extent is bucketed: these are buckets
                         for cfg in prune(GEMM, candidates(GEMM), arch, elem, m=m, n=n, k=k):
                             yield from emit(Launch(GEMM, cfg, dtype, arch))
