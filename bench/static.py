@@ -701,9 +701,32 @@ def _cuda_bytes(kernel: str, rows: int, cols: int, elem: int, detach: bool) -> i
         return (4 if detach else 5) * rows * cols * elem
     if base == "act_bwd_kernel":
         return (3 if detach else 6) * rows * cols * elem
-    if base in ("alpha_bar_kernel", "col_sum_kernel"):
-        return rows * 16  # the partial sums (doubles) it reduces, about one per row
+    red = 8 if elem == 4 else 4  # Red<T>::type of csrc/cuda/stages.cuh: double for float32
+    if base in ("alpha_partial_kernel", "alpha_bar_kernel"):
+        # ᾱ's stage 1 reads the per-row (or per-segment) partials, stage 2 its <= 256 groups
+        return rows * red if base == "alpha_partial_kernel" else _alpha_groups(rows) * red
+    if base in ("col_partial_sum_kernel", "col_final_kernel"):
+        # the column sums over act_bwd's chunk partials (W = P, or 2P in second order): stage 1
+        # reads chunks x W partials, stage 2 the groups' W sums (stages.cuh's formulas)
+        width = cols if detach else 2 * cols
+        chunks = _ceil_div(rows, _act_bwd_chunk_rows(rows, cols))
+        if base == "col_partial_sum_kernel":
+            return chunks * width * red
+        return min(64, max(1, _ceil_div(chunks, 64))) * width * red
     return _CUDA_PASSES.get(base, 1) * rows * cols * elem
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _alpha_groups(count: int) -> int:  # stages.cuh alpha_groups
+    return min(256, max(1, _ceil_div(count, 2048)))
+
+
+def _act_bwd_chunk_rows(rows: int, p: int) -> int:  # stages.cuh act_bwd_chunk_rows
+    col_blocks = max(1, _ceil_div(p, 64))
+    return max(16, _ceil_div(rows, _ceil_div(4224, col_blocks)), _ceil_div(rows, 65535))
 
 
 def cuda_rows(capabilities, workloads=WORKLOADS, activations=CI_ACTIVATIONS, dtypes=DTYPES,

@@ -69,7 +69,7 @@ __global__ void act_fwd_kernel(const T* __restrict__ z, const typename Acc<T>::t
 }
 
 // ---- row reductions (mix_fwd, mix_bwd) ---------------------------------------------------------
-// Narrow rows (Q ≤ kWarpRowMax, the MLP) get a warp each and run in one pass. Wide rows (conv: a
+// Narrow rows (warp_rows: Q ≤ kWarpRowMax, the MLP) get a warp each and run in one pass. Wide rows (conv: a
 // row is a whole sample) are split into row_splits(rows, Q) segments, one 256-thread block each,
 // so a small batch still fills the device: a first pass writes each segment's partial sums, a
 // second pass adds a row's partials in a fixed order (every block of the row alike) and does the
@@ -497,7 +497,7 @@ __global__ void add_skip_grad_kernel(T* __restrict__ out, const T* __restrict__ 
 }  // namespace
 
 int64_t row_scratch_elems(int64_t rows, int64_t Q) {
-  return (Q <= kWarpRowMax ? rows : 2 * rows * max_splits(Q)) + kMaxAlphaGroups;
+  return (warp_rows(rows, Q) ? rows : 2 * rows * max_splits(Q)) + kMaxAlphaGroups;
 }
 
 template <typename T>
@@ -533,7 +533,7 @@ cudaError_t mix_fwd(const MixFwdParams& p, void* scratch, cudaStream_t stream) {
   const bool normalize = p.normalize;
   const double eps = p.eps;
   if (rows == 0) return cudaSuccess;
-  if (Q <= kWarpRowMax) {
+  if (warp_rows(rows, Q)) {
     mix_fwd_warp_kernel<T><<<static_cast<unsigned>(warp_row_blocks(rows)), kThreads, 0, stream>>>(
         f, g, x, alpha, r, rows, Q, normalize, eps);
     return cudaGetLastError();
@@ -579,8 +579,8 @@ cudaError_t mix_bwd(const MixBwdParams& p, void* scratch, cudaStream_t stream) {
   using R = typename Red<T>::type;
   R* part = static_cast<R*>(scratch);
   // ᾱ's group sums after the row partials (row_scratch_elems).
-  R* group_sums = part + (Q <= kWarpRowMax ? rows : 2 * rows * max_splits(Q));
-  if (rows == 0 || Q <= kWarpRowMax) {
+  R* group_sums = part + (warp_rows(rows, Q) ? rows : 2 * rows * max_splits(Q));
+  if (rows == 0 || warp_rows(rows, Q)) {
     if (rows > 0) {
       mix_bwd_warp_kernel<T><<<static_cast<unsigned>(warp_row_blocks(rows)), kThreads, 0, stream>>>(
           y_bar, g_hat, x, r, alpha, g_bar, x_bar, part, rows, Q, normalize, detach);

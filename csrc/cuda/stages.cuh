@@ -48,6 +48,12 @@ constexpr int64_t elementwise_blocks(int64_t n_vec) {
 //   grid = ceil(rows / 8)
 constexpr int64_t kWarpRowMax = 2048;
 constexpr int64_t warp_row_blocks(int64_t rows) { return ceil_div(rows, kThreads / 32); }
+// Rows of at least kMinSegment elements take the warp path only while it fills two waves
+// (rows >= 16896); fewer such rows take the split path below (a block per row at least: the
+// bench's wide MLP, 16384 rows of 1024, gets 16384 blocks instead of 2048 = 1.94 waves).
+constexpr bool warp_rows(int64_t rows, int64_t Q) {
+  return Q <= kWarpRowMax && (Q < 1024 || warp_row_blocks(rows) >= 2 * kWaveBlocks);
+}
 
 // mix_fwd / mix_bwd on wide rows (conv: a row is a sample): each row in `splits` segments of at
 // least kMinSegment elements, a block each:
