@@ -529,6 +529,12 @@ def output_stem(result: dict, out: Optional[str]) -> str:
     return stem
 
 
+def _shown(path: str) -> str:
+    """A path as the closing lines show it: relative when it is under the current directory."""
+    rel = os.path.relpath(path) if os.path.isabs(path) else path
+    return path if rel.startswith("..") else rel
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     kind = p.add_mutually_exclusive_group()
@@ -575,8 +581,7 @@ def main(argv=None) -> int:
     files = [stem + ".json", stem + ".md"]
     png = chart(result, stem + ".png")
     files += [png] if png else ["no chart (pip install matplotlib)"]
-    closing, ok = summary(result, [os.path.relpath(f) if os.path.isabs(f) else f
-                                   for f in files])
+    closing, ok = summary(result, [_shown(f) for f in files])
     result["verdict"] = "PASS" if ok else "FAIL"
     with open(stem + ".json", "w") as f:
         json.dump(result, f, indent=1)
