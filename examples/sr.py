@@ -12,9 +12,13 @@ held-out photos. Two architectures, each with plain residual blocks vs gradient 
   An IDB is not conv–φ–conv, so its gradient residual version wraps it in
   `GradientResidual(IDB)` (reference math through autograd — correct, not fused).
 Both add the bicubic upsampling of the input to their output (a global residual; the same for
-every variant). PSNR mean ± 95% CI over seeds, and training time per step.
+every variant). PSNR mean ± 95% CI over seeds, and training time per step. For each gradient
+residual variant: its PSNR minus the plain one's with a 95% Welch t-interval, and the seeds per
+model that interval's half-width would need to reach 0.02 dB at the seed spreads measured.
+`--arch`/`--variants` select runs; `--name` names the output files (default sr).
 
-    python -m examples.sr [--quick] [--seeds S] [--steps T] [--json FILE]
+    python -m examples.sr [--quick] [--seeds S] [--steps T] [--json FILE] [--arch A ...]
+                          [--variants V ...] [--name NAME]
 """
 from __future__ import annotations
 
@@ -198,8 +202,46 @@ def train_eval(arch, variant, seed, steps, batch, size, train_imgs, test_imgs, q
     return scores, seconds / steps, n_params(model)
 
 
+def seeds_for(sd_a: float, sd_b: float, half_width: float = 0.02, most: int = 1000):
+    """Seeds per model (the same for both) for which the 95% Welch t-interval of a difference of
+    means has half-width ≤ `half_width`, at standard deviations sd_a, sd_b; None above `most`."""
+    from scipy import stats
+    for n in range(2, most + 1):
+        va, vb = sd_a ** 2 / n, sd_b ** 2 / n
+        df = (va + vb) ** 2 / ((va ** 2 + vb ** 2) / (n - 1)) if va + vb > 0 else n - 1
+        if stats.t.ppf(0.975, df) * np.sqrt(va + vb) <= half_width:
+            return n
+    return None
+
+
+def differences(results: dict) -> dict:
+    """Each gradient residual variant minus its architecture's plain one: PSNR difference, 95%
+    Welch t-interval, and the seeds per model a ±0.02 dB interval would need."""
+    from scipy import stats
+    out = {}
+    for name, r in results.items():
+        arch, variant = name.split("/")
+        base = results.get(f"{arch}/plain")
+        if variant == "plain" or base is None or len(r["psnr_seeds"]) < 2 \
+                or len(base["psnr_seeds"]) < 2:
+            continue
+        a, b = np.asarray(r["psnr_seeds"]), np.asarray(base["psnr_seeds"])
+        va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+        df = (va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1)) if va + vb else 1
+        out[name + " − plain"] = {
+            "delta_psnr": float(a.mean() - b.mean()),
+            "ci95": float(stats.t.ppf(0.975, df) * np.sqrt(va + vb)),
+            "seeds": [int(a.size), int(b.size)],
+            "seeds_for_0.02dB": seeds_for(float(a.std(ddof=1)), float(b.std(ddof=1)))}
+    return out
+
+
 def main(argv=None):
-    args = parse_args(parser("examples.sr", __doc__), argv)
+    p = parser("examples.sr", __doc__)
+    p.add_argument("--arch", nargs="+", choices=("edsr", "rdidn"), default=["edsr", "rdidn"])
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=VARIANTS)
+    p.add_argument("--name", default="sr", help="output files' name (default sr)")
+    args = parse_args(p, argv)
     quick = args.quick
     seeds = args.seeds or (1 if quick else 3)
     steps = args.steps or (10 if quick else 2000)
@@ -211,7 +253,7 @@ def main(argv=None):
     bicubic = [psnr_ssim(upscale(downscale(hr[None]))[0], hr) for hr in test_imgs]
 
     results = {}
-    jobs = [(a, v, s) for a in ("edsr", "rdidn") for v in VARIANTS for s in range(seeds)]
+    jobs = [(a, v, s) for s in range(seeds) for a in args.arch for v in args.variants]
     raw = {}
     for arch, variant, seed in progress(jobs, desc="sr", unit="run"):
         raw.setdefault((arch, variant), []).append(
@@ -223,13 +265,14 @@ def main(argv=None):
         per_image = {name: float(np.mean([scores[i][0] for scores, _, _ in runs]))
                      for i, name in enumerate(TEST)}
         results[f"{arch}/{variant}"] = {
-            "psnr": mean_ci95(psnr)[0], "psnr_ci95": mean_ci95(psnr)[1],
+            "psnr": mean_ci95(psnr)[0], "psnr_ci95": mean_ci95(psnr)[1], "psnr_seeds": psnr,
             "ssim": mean_ci95(ssim)[0], "ms_per_step": 1e3 * float(np.mean([t for _, t, _ in runs])),
             "params": runs[0][2], "psnr_per_image": per_image,
             "block": ("GradResConv2d (fused)" if arch == "edsr" and variant != "plain" else
                       "GradientResidual(IDB) (reference math)" if variant != "plain" else
                       "plain residual")}
     config = dict(quick=quick, seeds=seeds, steps=steps, batch=batch, hr_patch=size,
+                  arch=args.arch, variants=args.variants,
                   train=TRAIN, test=TEST, optimizer="Adam, L1 loss", backend=args.backend,
                   bicubic_psnr=float(np.mean([p for p, _ in bicubic])),
                   bicubic_ssim=float(np.mean([s for _, s in bicubic])))
@@ -239,11 +282,21 @@ def main(argv=None):
     md += table(["model/variant", "block", "params", "PSNR (dB)", "SSIM", "ms/step"],
                 [[k, r["block"], str(r["params"]), pm(r["psnr"], r["psnr_ci95"], ".3f", seeds),
                   f"{r['ssim']:.4f}", f"{r['ms_per_step']:.0f}"] for k, r in results.items()])
-    write(args.out, "sr", {"config": config, "results": results}, md, args.json)
-    _plot(args.out, results, config)
+    diffs = differences(results)
+    if diffs:
+        md += ("\n\nGradient residual − plain, PSNR (dB), 95% Welch t-interval over seeds; the "
+               "seeds per model a ±0.02 dB interval needs at these seed spreads:\n\n" +
+               table(["difference", "seeds", "Δ PSNR (dB)", "seeds for ±0.02 dB"],
+                     [[k, "/".join(map(str, d["seeds"])),
+                       f"{d['delta_psnr']:+.3f} ± {d['ci95']:.3f}",
+                       str(d["seeds_for_0.02dB"] or "> 1000")]
+                      for k, d in diffs.items()]))
+    write(args.out, args.name, {"config": config, "results": results, "differences": diffs}, md,
+          args.json)
+    _plot(args.out, results, config, args.name)
 
 
-def _plot(out, results, config):
+def _plot(out, results, config, name="sr"):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -258,7 +311,7 @@ def _plot(out, results, config):
     ax.set(ylabel="PSNR (dB, Y)", ylim=(lo - 0.5, None), title="x2 SR, held-out photos")
     legend_outside(ax)
     fig.tight_layout()
-    save_figure(fig, out, "sr")
+    save_figure(fig, out, name)
 
 
 if __name__ == "__main__":

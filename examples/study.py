@@ -19,14 +19,21 @@ Stages (`--stage`):
   2  confirmation on the cells stage 1 selects (the cells where a gradient residual model and the
      residual net differ by more than their seed spread, and each activation's frontier k where
      the residual net stops fitting): 5 seeds, ≈17k and ≈130k parameters, depths 4 and 8, plus
-     second order, MGDL, Fourier features and SIREN.
-  3  ablations on up to three of stage 2's cells: normalize on/off, eps, alpha init ∈ {−4, 0, 4},
-     m = 1 vs learnable, detach vs second order.
+     second order, MGDL, Fourier features and SIREN. Its runs are ordered so that an
+     interrupted stage has whole cells: all cells at 17k parameters and depth 4 first, the most
+     promising cell first (the lowest gradient residual − residual log10 test MSE in stage 1).
+  3  ablations on the three most promising of those cells: normalize on/off, eps, alpha init
+     ∈ {−4, 0, 4}, m = 1 vs learnable, detach vs second order.
+The screening runs k ≤ 16 (both seeds) before k = 32, 64. `--max-runs N` stops a stage after N
+new runs; `--k`, `--models` and `--seeds` select some of its runs; a later call resumes where it
+stopped. `--steps T` trains the selected runs T steps instead of 6,000 (the schedule stretched to
+T): the convergence check, reported beside the same cells at 6,000 steps.
 Each gradient residual run also records the mechanism diagnostic of its first block, at
 initialization and after training: the number of distinct ĝ directions over the training inputs
 and the mean cosine between ĝ at neighbouring inputs.
 
     python -m examples.study [--stage 1|2|3] [--quick] [--workers 2] [--jsonl FILE] [--report]
+                             [--k K ...] [--models M ...] [--seeds S] [--steps T] [--max-runs N]
 """
 from __future__ import annotations
 
@@ -52,6 +59,7 @@ STAGE1_MODELS = ["mlp", "resnet", "gradres", "gradres_learn"]
 STAGE2_MODELS = ["mlp", "resnet", "gradres", "gradres_learn", "gradres_2nd", "mgdl",
                  "fourier_features", "siren"]
 FIT_MSE = 1e-2
+STEPS = 6000  # every stage's step budget; --steps runs are a separate convergence check
 N_TRAIN = N_TEST = 1024
 SCHEDULE = "Adam full batch, lr 1e-3 → 1e-5 cosine (SIREN 1e-4 → 1e-6)"
 
@@ -126,16 +134,20 @@ def stage1(quick: bool) -> List[Dict]:
     if quick:
         return [config(1, k, a, m, 600, 2, 0, 60) for k in (1, 16) for a in ("relu", "tanh")
                 for m in STAGE1_MODELS]
-    return [config(1, k, a, m, 17000, 4, s, 6000) for s in range(2) for k in FREQUENCIES
-            for a in ACTIVATIONS for m in STAGE1_MODELS]
+    # k ≤ 16 first, both seeds, then the high frequencies no model of this size fits: an
+    # interrupted screening has the cells stage 2 selects from complete soonest
+    return [config(1, k, a, m, 17000, 4, s, STEPS) for high in (False, True) for s in range(2)
+            for k in FREQUENCIES if (k > 16) == high for a in ACTIVATIONS for m in STAGE1_MODELS]
 
 
 def cells(runs: Iterable[Dict]) -> Dict[Tuple[int, str, str, int, int], List[Dict]]:
-    """Runs grouped by (k, activation, model, budget, depth), over seeds and ablation-free."""
+    """Runs grouped by (k, activation, model, budget, depth), over seeds: ablation-free runs at
+    the stages' step budget."""
     out: Dict = {}
     for r in runs:
         c = r["config"]
-        if any(x in c for x in ("normalize", "eps", "alpha_init", "learn_alpha", "detach")):
+        if any(x in c for x in ("normalize", "eps", "alpha_init", "learn_alpha", "detach")) \
+                or c["steps"] != STEPS:
             continue
         out.setdefault((c["k"], c["activation"], c["model"], c["budget"], c["depth"]), []).append(r)
     return out
@@ -175,17 +187,39 @@ def selected_cells(runs: Iterable[Dict], budget: int = 17000, depth: int = 4) ->
     return sorted(set(chosen), key=lambda c: (ACTIVATIONS.index(c[1]), c[0]))
 
 
+def by_promise(runs: List[Dict], chosen: List[Tuple[int, str]], budget: int = 17000,
+               depth: int = 4) -> List[Tuple[int, str]]:
+    """`chosen` cells, the most promising for a gradient residual first: ascending by the best
+    gradient residual model's mean log10 test MSE minus the residual net's in `runs`."""
+    by = cells(runs)
+
+    def gap(cell):
+        k, act = cell
+        res = by.get((k, act, "resnet", budget, depth))
+        gs = [by[(k, act, m, budget, depth)] for m in ("gradres", "gradres_learn")
+              if (k, act, m, budget, depth) in by]
+        if not res or not gs:
+            return math.inf
+        return min(_spread(g)[0] for g in gs) - _spread(res)[0]
+    return sorted(chosen, key=gap)
+
+
+SETTINGS = ((17000, 4), (17000, 8), (130000, 4), (130000, 8))  # stage 2's (budget, depth)
+
+
 def stage2(runs: List[Dict], quick: bool) -> List[Dict]:
+    """Stage 2's runs, ordered so that an interrupted confirmation has whole cells: every cell at
+    17k parameters and depth 4 first (the most promising cell first, all its models and seeds),
+    then depth 8, then 130k parameters."""
     if quick:
         return [config(2, 16, "tanh", m, 600, 2, 0, 60) for m in ("resnet", "gradres_2nd", "siren")]
+    first = [r for r in runs if r["config"]["stage"] == 1]
     out = []
-    for k, act in selected_cells(r for r in runs if r["config"]["stage"] == 1):
-        for budget in (17000, 130000):
-            for depth in (4, 8):
-                models = STAGE2_MODELS if act != "sin" else [m for m in STAGE2_MODELS
-                                                              if m != "siren"]
-                out += [config(2, k, act, m, budget, depth, s, 6000) for m in models
-                        for s in range(5)]
+    for budget, depth in SETTINGS:
+        for k, act in by_promise(first, selected_cells(first)):
+            models = STAGE2_MODELS if act != "sin" else [m for m in STAGE2_MODELS if m != "siren"]
+            out += [config(2, k, act, m, budget, depth, s, STEPS) for s in range(5)
+                    for m in models]
     return out
 
 
@@ -197,8 +231,9 @@ ABLATIONS = [dict(normalize=False), dict(eps=1e-2), dict(eps=1.0), dict(alpha_in
 def stage3(runs: List[Dict], quick: bool) -> List[Dict]:
     if quick:
         return [config(3, 16, "tanh", "gradres_learn", 600, 2, 0, 60, **a) for a in ABLATIONS[:2]]
-    picked = selected_cells(r for r in runs if r["config"]["stage"] == 1)[:3]
-    return [config(3, k, act, "gradres_learn", 17000, 4, s, 6000, **a) for k, act in picked
+    first = [r for r in runs if r["config"]["stage"] == 1]
+    picked = by_promise(first, selected_cells(first))[:3]
+    return [config(3, k, act, "gradres_learn", 17000, 4, s, STEPS, **a) for k, act in picked
             for a in ABLATIONS for s in range(5)]
 
 
@@ -319,16 +354,22 @@ def _describe(c: Dict) -> str:
             f"depth {c['depth']} seed {c['seed']}{extra}")
 
 
-def run(configs: List[Dict], path: str, workers: int, backend: str) -> List[Dict]:
-    """Run the configurations not yet in `path`, `workers` processes, appending as they end."""
+def run(configs: List[Dict], path: str, workers: int, backend: str,
+        max_runs: Optional[int] = None) -> List[Dict]:
+    """Run the configurations not yet in `path` (at most `max_runs` of them, in order),
+    `workers` processes, appending as they end."""
     done = {r["key"] for r in load(path)}
     todo, seen = [], set()
     for c in configs:
         if key(c) not in done and key(c) not in seen:
             todo.append(c)
             seen.add(key(c))
-    print(f"study: {len(configs)} runs asked, {len(configs) - len(todo)} already in {path}, "
-          f"{len(todo)} to run on {workers} worker(s)", flush=True)
+    missing = len(todo)
+    todo = todo[:max_runs] if max_runs is not None else todo
+    print(f"study: {len(configs)} runs asked, {len(configs) - missing} already in {path}, "
+          f"{len(todo)} to run on {workers} worker(s)"
+          + (f" ({missing - len(todo)} left for later: --max-runs)" if missing > len(todo) else ""),
+          flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     t0 = time.perf_counter()
     jobs = [(c, backend) for c in todo]
@@ -359,6 +400,165 @@ def run(configs: List[Dict], path: str, workers: int, backend: str) -> List[Dict
 
 
 # ---- the report -----------------------------------------------------------------------------------
+def _log_mse(rs: List[Dict]) -> List[float]:
+    return [math.log10(max(r["test_mse"], 1e-12)) for r in rs]
+
+
+def difference(a: List[float], b: List[float]) -> Tuple[float, float]:
+    """mean(a) − mean(b) and the half-width of its 95% Welch t-interval (nan below 2 + 2)."""
+    import statistics
+    if len(a) < 2 or len(b) < 2:
+        return statistics.fmean(a) - statistics.fmean(b), math.nan
+    from scipy import stats
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return statistics.fmean(a) - statistics.fmean(b), 0.0
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    return statistics.fmean(a) - statistics.fmean(b), float(stats.t.ppf(0.975, df) * se)
+
+
+def verdict(delta: float, ci: float) -> str:
+    """Gradient residual minus residual in log10 test MSE: negative is better."""
+    if math.isnan(ci):
+        return "one seed"
+    if delta + ci < 0:
+        return "gradres better"
+    if delta - ci > 0:
+        return "gradres worse"
+    return "no difference resolved"
+
+
+def screening(runs: List[Dict], budget: int = 17000, depth: int = 4) -> Tuple[str, Dict]:
+    """Stage 1's summary: per activation, the highest k each model fits (mean test MSE over
+    seeds < FIT_MSE, every lower k fitted too) and the cells stage 2 selects."""
+    by = cells(r for r in runs if r["config"]["budget"] == budget
+               and r["config"]["depth"] == depth)
+    rows, fits = [], {}
+    for act in ACTIVATIONS:
+        row = [act]
+        for m in STAGE1_MODELS:
+            ks = sorted(k for (k, a, mm, _, _) in by if a == act and mm == m)
+            best = 0
+            for k in ks:
+                if sum(r["test_mse"] for r in by[(k, act, m, budget, depth)]) / len(
+                        by[(k, act, m, budget, depth)]) >= FIT_MSE:
+                    break
+                best = k
+            seeds = sorted({len(by[(k, act, m, budget, depth)]) for k in ks})
+            fits[f"{act}/{m}"] = best
+            row.append(f"{best or '–'}" + ("" if seeds == [2] else f" ({'/'.join(map(str, seeds))}"
+                                                                     " seeds)" if ks else " (none)"))
+        rows.append(row)
+    chosen = selected_cells(runs, budget, depth)
+    md = (f"## Stage 1: screening ({budget // 1000}k parameters, depth {depth})\n\nThe highest "
+          f"k each model fits (mean test MSE < {FIT_MSE:g}, every lower k fitted too; – none):\n\n"
+          + table(["activation"] + STAGE1_MODELS, rows) + "\n\nCells stage 2 confirms (a "
+          "gradient residual model and the residual net apart beyond their seed range, or the "
+          "residual net's frontier k): " + (", ".join(f"k={k} {a}" for k, a in chosen) or "none")
+          + ".\n")
+    return md, {"highest_k_fitted": fits, "stage2_cells": chosen}
+
+
+def mechanism_table(runs: List[Dict]) -> Tuple[str, List[Dict]]:
+    """The mechanism diagnostic of the first gradient residual block (stage 1 gradres runs):
+    distinct ĝ directions over the 1,024 inputs and 1 − the mean cosine between neighbouring
+    inputs' ĝ, at initialization and after training, per activation and k."""
+    rows, out = [], []
+    for act in ACTIVATIONS:
+        rs = [r for r in runs if r["config"]["activation"] == act and r.get("mechanism_init")
+              and r["config"]["budget"] == 17000 and r["config"]["depth"] == 4
+              and r["config"]["model"] in ("gradres", "gradres_learn")
+              and not any(x in r["config"] for x in ("normalize", "eps", "alpha_init"))]
+        for k in sorted({r["config"]["k"] for r in rs}):
+            sel = [r for r in rs if r["config"]["k"] == k]
+            avg = lambda f: sum(f(r) for r in sel) / len(sel)  # noqa: E731
+            d = dict(activation=act, k=k, runs=len(sel),
+                     distinct_init=avg(lambda r: r["mechanism_init"]["distinct_directions"]),
+                     distinct_trained=avg(lambda r: r["mechanism_trained"]["distinct_directions"]),
+                     one_minus_cos_init=avg(lambda r: 1 - r["mechanism_init"]["neighbour_cosine"]),
+                     one_minus_cos_trained=avg(
+                         lambda r: 1 - r["mechanism_trained"]["neighbour_cosine"]))
+            out.append(d)
+            rows.append([act, str(k), str(len(sel)), f"{d['distinct_init']:.0f}",
+                         f"{d['distinct_trained']:.0f}", f"{d['one_minus_cos_init']:.1e}",
+                         f"{d['one_minus_cos_trained']:.1e}"])
+    md = ("## Mechanism diagnostic (first block, stage 1 gradient residual runs)\n\nDistinct ĝ "
+          "directions over the 1,024 sorted training inputs (rows equal after rounding to 1e-6) "
+          "and 1 − the mean cosine between neighbouring inputs' ĝ (0: neighbours share a "
+          "direction; 2: opposite), at initialization and after training; means over the runs."
+          "\n\n" + table(["activation", "k", "runs", "distinct (init)", "distinct (trained)",
+                            "1 − cos (init)", "1 − cos (trained)"], rows) + "\n")
+    return md, out
+
+
+def comparisons(runs: List[Dict]) -> Tuple[str, List[Dict]]:
+    """Every (k, activation, budget, depth) with ≥ 2 seeds of the residual net and a gradient
+    residual model: Δ = mean log10 test MSE (model) − (residual), 95% Welch CI, verdict."""
+    by = cells(runs)
+    rows, out = [], []
+    for (k, act, model, budget, depth), rs in sorted(by.items(), key=lambda kv: (
+            kv[0][3], kv[0][4], ACTIVATIONS.index(kv[0][1]), kv[0][0], kv[0][2])):
+        res = by.get((k, act, "resnet", budget, depth))
+        if model == "resnet" or not res or len(res) < 3 or len(rs) < 3:
+            continue
+        d, ci = difference(_log_mse(rs), _log_mse(res))
+        v = verdict(d, ci) if model in GRADRES_MODELS else verdict(d, ci).replace("gradres",
+                                                                                  model)
+        out.append(dict(k=k, activation=act, model=model, budget=budget, depth=depth,
+                        seeds=len(rs), resnet_seeds=len(res), delta_log10_mse=d, ci95=ci,
+                        verdict=v))
+        rows.append([act, str(k), f"{budget // 1000}k", str(depth), model,
+                     f"{len(rs)}/{len(res)}", f"{d:+.2f} ± {ci:.2f}", v])
+    md = ("## Against the residual net (cells with ≥ 3 seeds each)\n\nΔ = mean log10 test MSE of "
+          "the model − that of the residual net at the same k, activation, parameters and depth "
+          "(negative: lower error), with its 95% Welch t-interval over seeds.\n\n" +
+          (table(["activation", "k", "params", "depth", "model", "seeds (model/residual)",
+                  "Δ log10 test MSE", "verdict"], rows) if rows else "No such cells yet.") + "\n")
+    return md, out
+
+
+def convergence(runs: List[Dict]) -> Tuple[str, List[Dict]]:
+    """The convergence check: runs at another step budget than STEPS, each cell beside the same
+    cell at STEPS, and each model's Δ log10 test MSE against the residual net at its budget."""
+    groups: Dict = {}
+    for r in runs:
+        c = r["config"]
+        if any(x in c for x in ("normalize", "eps", "alpha_init", "learn_alpha", "detach")):
+            continue
+        groups.setdefault((c["k"], c["activation"], c["budget"], c["depth"], c["steps"],
+                           c["model"]), []).append(r)
+    checked = sorted({g[:4] for g in groups if g[4] != STEPS})
+    rows, out = [], []
+    for k, act, budget, depth in checked:
+        for steps in sorted({g[4] for g in groups if g[:4] == (k, act, budget, depth)}):
+            res = groups.get((k, act, budget, depth, steps, "resnet"))
+            for model in STAGE2_MODELS:
+                rs = groups.get((k, act, budget, depth, steps, model))
+                if not rs or (steps == STEPS and not any(
+                        (k, act, budget, depth, s, model) in groups for s in {
+                            g[4] for g in groups if g[4] != STEPS})):
+                    continue
+                lm, ci = mean_ci95(_log_mse(rs))
+                d, dci = (difference(_log_mse(rs), _log_mse(res)) if res and model != "resnet"
+                          else (math.nan, math.nan))
+                out.append(dict(k=k, activation=act, budget=budget, depth=depth, steps=steps,
+                                model=model, seeds=len(rs), log10_test_mse=lm, ci95=ci,
+                                delta_vs_resnet=d, delta_ci95=dci,
+                                plateaued=sum(r["plateaued"] for r in rs) / len(rs)))
+                rows.append([act, str(k), f"{budget // 1000}k", str(depth), str(steps), model,
+                             str(len(rs)), f"{lm:.2f} ± {ci:.2f}",
+                             "" if math.isnan(d) else f"{d:+.2f} ± {dci:.2f}",
+                             f"{out[-1]['plateaued']:.0%}"])
+    md = ("## Convergence check (longer training)\n\nThe same cells trained for more steps "
+          "(the schedule stretched to the budget). Mean log10 test MSE ± 95% CI over seeds, and "
+          "Δ against the residual net at the same budget.\n\n" +
+          (table(["activation", "k", "params", "depth", "steps", "model", "seeds",
+                  "log10 test MSE", "Δ vs residual", "plateaued"], rows) if rows else
+           "No such runs yet.") + "\n")
+    return md, out
+
+
 def report(runs: List[Dict], out: str, name: str = "study") -> List[str]:
     """Markdown + JSON summary and the k × model heat maps, one per activation."""
     by = cells(runs)
@@ -377,8 +577,16 @@ def report(runs: List[Dict], out: str, name: str = "study") -> List[str]:
              f"{sum(x['neighbour_cosine'] for x in mech) / len(mech):.3f}") if mech else ""
         rows.append([act, str(k), model, f"{budget // 1000}k", str(depth), str(len(rs)),
                      f"{mean:.2e}{err}", f"{plateau:.0%}", m])
-    md = ("# Gradient residual study (1-D, sin(2πkx))\n\n" + f"Schedule: {SCHEDULE}. Fit: test "
-          f"MSE < {FIT_MSE:g}. Mean ± 95% CI over seeds.\n\n" +
+    screen_md, screen = screening(runs)
+    mech_md, mech = mechanism_table(runs)
+    comp_md, comp = comparisons(runs)
+    conv_md, conv = convergence(runs)
+    md = ("# Gradient residual study (1-D, sin(2πkx))\n\n" + f"Schedule: {SCHEDULE}; "
+          f"{N_TRAIN} evenly spaced training points, {N_TEST} uniform test points. Fit: test MSE "
+          f"< {FIT_MSE:g} (the target's variance is 0.5). Plateaued: the best train MSE of the "
+          "last quarter of the steps within 10% of the third quarter's, or below 1e-5. "
+          f"{len(runs)} runs.\n\n" + screen_md + "\n" + comp_md + "\n" + conv_md + "\n" + mech_md +
+          "\n## Every cell\n\nTest MSE mean ± 95% CI over seeds.\n\n" +
           table(["activation", "k", "model", "params", "depth", "seeds", "test MSE",
                  "plateaued", "ĝ distinct / neighbour cos (trained)"], rows) + "\n")
     os.makedirs(out, exist_ok=True)
@@ -386,7 +594,10 @@ def report(runs: List[Dict], out: str, name: str = "study") -> List[str]:
     with open(paths[0], "w") as f:
         f.write(md)
     with open(paths[1], "w") as f:
-        json.dump({"schedule": SCHEDULE, "fit_mse": FIT_MSE, "cells": summary}, f, indent=1)
+        json.dump({"schedule": SCHEDULE, "fit_mse": FIT_MSE, "runs": len(runs),
+                   "screening": screen, "comparisons": comp, "convergence": conv,
+                   "mechanism": mech,
+                   "cells": summary}, f, indent=1)
     fig_path = _heatmaps(summary, out, name)
     if fig_path:
         paths.append(fig_path)
@@ -433,6 +644,17 @@ def main(argv=None) -> int:
                         "examples/results-quick/study.jsonl)")
     p.add_argument("--backend", default="auto")
     p.add_argument("--report", action="store_true", help="only write the report of the file")
+    p.add_argument("--k", type=int, nargs="+", default=None, metavar="K",
+                   help="run only these frequencies of the stage (e.g. --k 1 2 4 8 16)")
+    p.add_argument("--max-runs", type=int, default=None, metavar="N",
+                   help="run at most N of the stage's missing runs, in the stage's order")
+    p.add_argument("--models", nargs="+", default=None, metavar="MODEL",
+                   help=f"run only these models of the stage (of {', '.join(STAGE2_MODELS)})")
+    p.add_argument("--seeds", type=int, default=None, metavar="S",
+                   help="run only the stage's seeds below S")
+    p.add_argument("--steps", type=int, default=None, metavar="T",
+                   help=f"train T steps instead of {STEPS}: the convergence check (its runs "
+                        "are reported apart from the stages')")
     args = p.parse_args(argv)
     out = QUICK_RESULTS if args.quick else RESULTS
     path = args.jsonl or os.path.join(out, "study.jsonl")
@@ -443,7 +665,20 @@ def main(argv=None) -> int:
         if not configs:
             print(f"study: stage {args.stage} selects no runs from {path} (run stage 1 first)")
             return 1
-        runs = run(configs, path, args.workers, args.backend)
+        if args.models and set(args.models) - set(STAGE2_MODELS):
+            p.error(f"--models: unknown {sorted(set(args.models) - set(STAGE2_MODELS))}; "
+                    f"known: {STAGE2_MODELS}")
+        keep = [("--k", args.k, lambda c: c["k"] in args.k),
+                ("--models", args.models, lambda c: c["model"] in args.models),
+                ("--seeds", args.seeds, lambda c: c["seed"] < args.seeds)]
+        for flag, value, ok in keep:
+            if value:
+                configs = [c for c in configs if ok(c)]
+                if not configs:
+                    p.error(f"{flag} {value}: stage {args.stage} has no such run left to select")
+        if args.steps:
+            configs = [dict(c, steps=args.steps) for c in configs]
+        runs = run(configs, path, args.workers, args.backend, args.max_runs)
     report(runs, os.path.dirname(os.path.abspath(path)))
     return 0
 

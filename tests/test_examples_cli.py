@@ -8,10 +8,10 @@ import os
 import numpy as np
 import pytest
 
-from examples import common, digits, highfreq, spectral, sr
+from examples import batchstats, common, digits, highfreq, spectral, sr
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXPERIMENTS = [digits, highfreq, spectral, sr]
+EXPERIMENTS = [digits, highfreq, spectral, sr, batchstats]
 
 
 @pytest.fixture

@@ -53,3 +53,63 @@ def test_mechanism_counts_relu_directions_as_few():
     relu = study.mechanism(study.build("gradres", 16, 1, "relu"), x)
     tanh = study.mechanism(study.build("gradres", 16, 1, "tanh"), x)
     assert relu["distinct_directions"] < tanh["distinct_directions"] == 256
+
+
+def test_batch_statistics_trap_g_vanishes_only_with_live_batch_statistics():
+    from examples import batchstats
+    block = batchstats.part1(n=8)
+    assert block["train"]["max_abs_g"] < 1e-5 * block["eval"]["max_abs_g"]
+    assert block["frozen"]["mean_sample_norm"] > 1 and block["eval"]["mean_sample_norm"] > 1
+
+
+@pytest.mark.parametrize("model", batchstats_models := ["residual", "gradres_asis",
+                                                        "gradres_frozen"])
+def test_batch_statistics_classifier_runs(model):
+    pytest.importorskip("sklearn", reason="examples/batchstats.py needs scikit-learn")
+    from examples import batchstats
+    assert batchstats.MODELS == batchstats_models
+    r = batchstats.run(model, 0, 1, 4, 1, "auto")
+    assert 0 <= r["test_acc_eval_mode"] <= 1
+    if model == "gradres_asis":  # trained without its gradient term: g ≡ 0 in train mode
+        assert r["g_norm_train_mode"] < 1e-4 * r["g_norm_eval_mode"]
+    assert (r["m"] is None) == (model == "residual")
+
+
+def test_stage2_orders_cells_by_promise_and_max_runs_stops_early(tmp_path, capsys):
+    runs = []
+    for s in range(2):
+        for k, res, grad in ((2, 1e-3, 1e-5), (4, 1e-4, 1e-1)):
+            runs += [_record(k, "tanh", "resnet", res * (1 + s / 10), s),
+                     _record(k, "tanh", "gradres", grad * (1 + s / 10), s)]
+    assert study.by_promise(runs, [(4, "tanh"), (2, "tanh")]) == [(2, "tanh"), (4, "tanh")]
+    todo = study.stage2(runs, quick=False)
+    assert [(c["k"], c["budget"], c["depth"]) for c in todo[:2]] == [(2, 17000, 4)] * 2
+    assert [c["budget"] for c in todo].index(130000) > [c["depth"] for c in todo].index(8)
+    path = str(tmp_path / "s.jsonl")
+    study.run(study.stage1(quick=True), path, workers=1, backend="auto", max_runs=2)
+    assert "2 to run on 1 worker(s) (14 left for later: --max-runs)" in capsys.readouterr().out
+    assert len(study.load(path)) == 2
+
+
+def test_comparison_interval_and_verdict():
+    d, ci = study.difference([-3.0, -3.2, -2.8], [-1.0, -1.1, -0.9])
+    assert d == pytest.approx(-2.0) and 0 < ci < 1
+    assert study.verdict(d, ci) == "gradres better"
+    assert study.verdict(0.1, 0.5) == "no difference resolved"
+    assert study.verdict(1.0, 0.5) == "gradres worse"
+
+
+def test_cli_selects_runs_and_longer_runs_are_the_convergence_check(tmp_path, capsys):
+    path = str(tmp_path / "s.jsonl")
+    assert study.main(["--quick", "--jsonl", path, "--k", "1", "--models", "resnet", "gradres",
+                       "--seeds", "1", "--steps", "30"]) == 0
+    runs = study.load(path)
+    assert sorted((r["config"]["activation"], r["config"]["model"]) for r in runs) == [
+        ("relu", "gradres"), ("relu", "resnet"), ("tanh", "gradres"), ("tanh", "resnet")]
+    assert all(r["config"]["steps"] == 30 for r in runs)
+    assert study.cells(runs) == {}  # not the stages' budget: reported apart
+    md, rows = study.convergence(runs)
+    assert {(r["model"], r["steps"]) for r in rows} == {("resnet", 30), ("gradres", 30)}
+    with pytest.raises(SystemExit):
+        study.main(["--quick", "--jsonl", path, "--models", "resnet50"])
+    assert "--models: unknown ['resnet50']" in capsys.readouterr().err

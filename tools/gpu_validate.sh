@@ -14,7 +14,7 @@
 #   3. sanitizer  compute-sanitizer memcheck and racecheck over a focused set of cpp CUDA tests
 #                 (PyTorch's caching allocator off, so out-of-bounds accesses hit real bounds)
 #   4. bench      python -m bench --full (JSON + MD + PNG; exit 1 when parity fails)
-#   5. examples   the four experiments in --quick mode
+#   5. examples   the five experiments in --quick mode (the study: tests/test_study.py)
 # OUTDIR gets logs/, junit/, bench/, examples/, summary.txt (one screen, also printed last) and
 # summary.json. Exit status: 0 when every step passed, 1 otherwise.
 #
@@ -127,7 +127,7 @@ if [ $self_test = 1 ]; then bench_args="${GPU_VALIDATE_BENCH_ARGS:---quick}"; el
 step bench 480 "$py" -m bench $bench_args --out "$out/bench/$stamp.json"
 
 # ---- 5. examples (quick) -------------------------------------------------------------------------
-for exp in highfreq spectral sr digits; do
+for exp in highfreq spectral sr digits batchstats; do
   step "example_$exp" 180 "$py" -m examples.$exp --quick --out "$out/examples" \
     --json "$out/examples/$exp-cli.json"
 done
