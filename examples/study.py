@@ -518,6 +518,48 @@ def comparisons(runs: List[Dict]) -> Tuple[str, List[Dict]]:
     return md, out
 
 
+ABLATION_KEYS = ("normalize", "eps", "alpha_init", "learn_alpha", "detach")
+
+
+def ablations(runs: List[Dict]) -> Tuple[str, List[Dict]]:
+    """Stage 3: per ablated cell, each ablation of the learnable-m gradient residual model beside
+    that model as stage 2 ran it (normalize, eps 1e-6, alpha_init 0, learnable, detach), and the
+    residual net: mean log10 test MSE ± 95% CI and Δ against the unablated model."""
+    groups: Dict = {}
+    for r in runs:
+        c = r["config"]
+        if c["steps"] != STEPS:
+            continue
+        ab = tuple((k, c[k]) for k in ABLATION_KEYS if k in c)
+        groups.setdefault((c["k"], c["activation"], c["budget"], c["depth"], c["model"], ab),
+                          []).append(r)
+    rows, out = [], []
+    for k, act, budget, depth in sorted({g[:4] for g in groups if g[5]}):
+        base = groups.get((k, act, budget, depth, "gradres_learn", ()))
+        entries = [("residual net", groups.get((k, act, budget, depth, "resnet", ()))),
+                   ("gradres_learn (as stage 2)", base)]
+        entries += [(", ".join(f"{a}={v}" for a, v in ab), rs) for (kk, aa, b, d, m, ab), rs in
+                    sorted(groups.items(), key=lambda kv: str(kv[0][5]))
+                    if (kk, aa, b, d, m) == (k, act, budget, depth, "gradres_learn") and ab]
+        for label, rs in entries:
+            if not rs:
+                continue
+            lm, ci = mean_ci95(_log_mse(rs))
+            d, dci = (difference(_log_mse(rs), _log_mse(base)) if base and rs is not base
+                      else (math.nan, math.nan))
+            out.append(dict(k=k, activation=act, budget=budget, depth=depth, variant=label,
+                            seeds=len(rs), log10_test_mse=lm, ci95=ci, delta_vs_gradres_learn=d,
+                            delta_ci95=dci))
+            rows.append([act, str(k), label, str(len(rs)), f"{lm:.2f} ± {ci:.2f}",
+                         "" if math.isnan(d) else f"{d:+.2f} ± {dci:.2f}"])
+    md = ("## Stage 3: ablations\n\nThe learnable-m gradient residual model (normalize, eps 1e-6, "
+          "alpha_init 0, detach) with one option changed; mean log10 test MSE ± 95% CI over "
+          "seeds and Δ against the unablated model (Welch).\n\n" +
+          (table(["activation", "k", "variant", "seeds", "log10 test MSE", "Δ vs gradres_learn"],
+                 rows) if rows else "No ablation runs yet.") + "\n")
+    return md, out
+
+
 def convergence(runs: List[Dict]) -> Tuple[str, List[Dict]]:
     """The convergence check: runs at another step budget than STEPS, each cell beside the same
     cell at STEPS, and each model's Δ log10 test MSE against the residual net at its budget."""
@@ -581,11 +623,12 @@ def report(runs: List[Dict], out: str, name: str = "study") -> List[str]:
     mech_md, mech = mechanism_table(runs)
     comp_md, comp = comparisons(runs)
     conv_md, conv = convergence(runs)
+    abl_md, abl = ablations(runs)
     md = ("# Gradient residual study (1-D, sin(2πkx))\n\n" + f"Schedule: {SCHEDULE}; "
           f"{N_TRAIN} evenly spaced training points, {N_TEST} uniform test points. Fit: test MSE "
           f"< {FIT_MSE:g} (the target's variance is 0.5). Plateaued: the best train MSE of the "
           "last quarter of the steps within 10% of the third quarter's, or below 1e-5. "
-          f"{len(runs)} runs.\n\n" + screen_md + "\n" + comp_md + "\n" + conv_md + "\n" + mech_md +
+          f"{len(runs)} runs.\n\n" + screen_md + "\n" + comp_md + "\n" + conv_md + "\n" + abl_md + "\n" + mech_md +
           "\n## Every cell\n\nTest MSE mean ± 95% CI over seeds.\n\n" +
           table(["activation", "k", "model", "params", "depth", "seeds", "test MSE",
                  "plateaued", "ĝ distinct / neighbour cos (trained)"], rows) + "\n")
@@ -596,6 +639,7 @@ def report(runs: List[Dict], out: str, name: str = "study") -> List[str]:
     with open(paths[1], "w") as f:
         json.dump({"schedule": SCHEDULE, "fit_mse": FIT_MSE, "runs": len(runs),
                    "screening": screen, "comparisons": comp, "convergence": conv,
+                   "ablations": abl,
                    "mechanism": mech,
                    "cells": summary}, f, indent=1)
     fig_path = _heatmaps(summary, out, name)

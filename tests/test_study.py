@@ -113,3 +113,18 @@ def test_cli_selects_runs_and_longer_runs_are_the_convergence_check(tmp_path, ca
     with pytest.raises(SystemExit):
         study.main(["--quick", "--jsonl", path, "--models", "resnet50"])
     assert "--models: unknown ['resnet50']" in capsys.readouterr().err
+
+
+def test_ablation_table_compares_each_ablation_with_the_unablated_model():
+    runs = []
+    for s in range(3):
+        runs.append(_record(8, "silu", "gradres_learn", 1e-4 * (1 + s / 10), s))
+        runs.append(_record(8, "silu", "resnet", 1e-3 * (1 + s / 10), s))
+        c = study.config(3, 8, "silu", "gradres_learn", 17000, 4, s, 6000, normalize=False)
+        runs.append({"key": study.key(c), "config": c, "test_mse": 1e-2 * (1 + s / 10),
+                     "train_mse": 1e-2, "plateaued": True})
+    md, rows = study.ablations(runs)
+    by = {r["variant"]: r for r in rows}
+    assert set(by) == {"residual net", "gradres_learn (as stage 2)", "normalize=False"}
+    assert by["normalize=False"]["delta_vs_gradres_learn"] == pytest.approx(2.0)
+    assert "normalize=False" in md
