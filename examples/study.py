@@ -448,7 +448,8 @@ def screening(runs: List[Dict], budget: int = 17000, depth: int = 4) -> Tuple[st
             seeds = sorted({len(by[(k, act, m, budget, depth)]) for k in ks})
             fits[f"{act}/{m}"] = best
             row.append(f"{best or '–'}" + ("" if seeds == [2] else f" ({'/'.join(map(str, seeds))}"
-                                                                     " seeds)" if ks else " (none)"))
+                                                                     f" seed{'s' * (seeds != [1])})"
+                                           if ks else " (none)"))
         rows.append(row)
     chosen = selected_cells(runs, budget, depth)
     md = (f"## Stage 1: screening ({budget // 1000}k parameters, depth {depth})\n\nThe highest "
@@ -505,16 +506,22 @@ def comparisons(runs: List[Dict]) -> Tuple[str, List[Dict]]:
         d, ci = difference(_log_mse(rs), _log_mse(res))
         v = verdict(d, ci) if model in GRADRES_MODELS else verdict(d, ci).replace("gradres",
                                                                                   model)
+        mlp = by.get((k, act, "mlp", budget, depth))
+        dm, cim = (difference(_log_mse(rs), _log_mse(mlp)) if mlp and len(mlp) >= 3
+                   and model != "mlp" else (math.nan, math.nan))
         out.append(dict(k=k, activation=act, model=model, budget=budget, depth=depth,
                         seeds=len(rs), resnet_seeds=len(res), delta_log10_mse=d, ci95=ci,
-                        verdict=v))
+                        verdict=v, delta_vs_mlp=dm, delta_vs_mlp_ci95=cim))
         rows.append([act, str(k), f"{budget // 1000}k", str(depth), model,
-                     f"{len(rs)}/{len(res)}", f"{d:+.2f} ± {ci:.2f}", v])
+                     f"{len(rs)}/{len(res)}", f"{d:+.2f} ± {ci:.2f}", v,
+                     "" if math.isnan(dm) else f"{dm:+.2f} ± {cim:.2f}"])
     md = ("## Against the residual net (cells with ≥ 3 seeds each)\n\nΔ = mean log10 test MSE of "
           "the model − that of the residual net at the same k, activation, parameters and depth "
-          "(negative: lower error), with its 95% Welch t-interval over seeds.\n\n" +
+          "(negative: lower error), with its 95% Welch t-interval over seeds; the last column "
+          "is the same against the plain MLP.\n\n" +
           (table(["activation", "k", "params", "depth", "model", "seeds (model/residual)",
-                  "Δ log10 test MSE", "verdict"], rows) if rows else "No such cells yet.") + "\n")
+                  "Δ log10 test MSE", "verdict", "Δ vs plain MLP"], rows)
+           if rows else "No such cells yet.") + "\n")
     return md, out
 
 
@@ -660,20 +667,25 @@ def _heatmaps(summary: List[Dict], out: str, name: str) -> Optional[str]:
     if not acts:
         return None
     budget, depth = min((s["budget"], s["depth"]) for s in summary)
-    fig, axes = plt.subplots(1, len(acts), figsize=(3.2 * len(acts), 3.2), squeeze=False)
-    for ax, act in zip(axes[0], acts):
-        sel = [s for s in summary if s["activation"] == act and s["budget"] == budget
-               and s["depth"] == depth]
-        ks = sorted({s["k"] for s in sel})
-        models = [m for m in STAGE2_MODELS if any(s["model"] == m for s in sel)]
+    sel_all = [s for s in summary if s["budget"] == budget and s["depth"] == depth]
+    ks = sorted({s["k"] for s in sel_all})
+    models = [m for m in STAGE2_MODELS if any(s["model"] == m for s in sel_all)]
+    fig, axes = plt.subplots(1, len(acts), figsize=(1.6 + 2.2 * len(acts), 3.4), squeeze=False,
+                             sharey=True, constrained_layout=True)
+    for i, (ax, act) in enumerate(zip(axes[0], acts)):
         grid = [[math.nan] * len(ks) for _ in models]
-        for s in sel:
-            grid[models.index(s["model"])][ks.index(s["k"])] = math.log10(max(s["test_mse"],
-                                                                               1e-12))
+        for s in sel_all:
+            if s["activation"] == act:
+                grid[models.index(s["model"])][ks.index(s["k"])] = math.log10(
+                    max(s["test_mse"], 1e-12))
         im = ax.imshow(grid, cmap="viridis", vmin=-6, vmax=0, aspect="auto")
-        ax.set(xticks=range(len(ks)), xticklabels=ks, yticks=range(len(models)),
-               yticklabels=models, xlabel="k", title=act)
-    fig.colorbar(im, ax=axes[0].tolist(), label="log10 test MSE")
+        ax.set(xticks=range(len(ks)), xticklabels=ks, yticks=range(len(models)), xlabel="k",
+               title=act)
+        if i == 0:
+            ax.set_yticklabels(models, fontsize=8)
+    fig.suptitle(f"mean test MSE, {budget // 1000}k parameters, depth {depth} (blank: not run)",
+                 fontsize=9)
+    fig.colorbar(im, ax=axes[0].tolist(), label="log10 test MSE", shrink=0.9)
     return save_figure(fig, out, name)
 
 
