@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import (mean_ci95, n_params, parse_args, parser, pm, progress, save_figure, seed_all,
-                     table, timed, write)
+from .common import (legend_outside, mean_ci95, n_params, padded_limits, parse_args, parser, pm,
+                     progress, save_figure, seed_all, table, timed, write)
 
 MODELS = ["residual", "gradres_asis", "gradres_frozen"]
 
@@ -225,19 +225,23 @@ def _plot(out, results):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(7.5, 3.5))
     names = list(results)
+    values, errors = [], []
     for j, (k, label) in enumerate((("train_acc_train_mode", "train set, train mode"),
                                     ("train_acc_eval_mode", "train set, eval mode"),
                                     ("test_acc_eval_mode", "test set, eval mode"))):
-        ax.errorbar([i + 0.15 * (j - 1) for i in range(len(names))],
-                    [100 * results[n][k] for n in names],
-                    yerr=[100 * results[n][k + "_ci95"] for n in names], fmt="o", capsize=3,
-                    label=label)
+        v = [100 * results[n][k] for n in names]
+        e = [100 * results[n][k + "_ci95"] for n in names]
+        values += v
+        errors += e
+        ax.errorbar([i + 0.15 * (j - 1) for i in range(len(names))], v, yerr=e, fmt="o",
+                    capsize=3, label=label)
     ax.set_xticks(range(len(names)), names, fontsize=8)
     ax.set(ylabel="accuracy (%)", xlim=(-0.5, len(names) - 0.5),
+           ylim=padded_limits(values, errors, lower=0, upper=100),
            title="digits, ResNet with BatchNorm")
-    ax.legend(fontsize=7, loc="lower left")
+    legend_outside(ax, fontsize=7)
     fig.tight_layout()
     save_figure(fig, out, "batchstats")
 
