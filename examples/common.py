@@ -89,6 +89,27 @@ def mean_ci95(values: Sequence[float]):
     return float(v.mean()), float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
 
 
+def welch_half_width(sd_a: float, n_a: int, sd_b: float, n_b: int) -> float:
+    """Half-width of the 95% Welch t-interval of a difference of two means, from each sample's
+    standard deviation and size (0 when both deviations are 0)."""
+    va, vb = sd_a ** 2 / n_a, sd_b ** 2 / n_b
+    if va + vb == 0:
+        return 0.0
+    from scipy import stats
+    df = (va + vb) ** 2 / (va ** 2 / (n_a - 1) + vb ** 2 / (n_b - 1))
+    return float(stats.t.ppf(0.975, df) * math.sqrt(va + vb))
+
+
+def welch_ci95(a: Sequence[float], b: Sequence[float]):
+    """(mean(a) − mean(b), half-width of its 95% Welch t-interval; nan unless both have ≥ 2
+    values)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    delta = float(a.mean() - b.mean())
+    if a.size < 2 or b.size < 2:
+        return delta, math.nan
+    return delta, welch_half_width(float(a.std(ddof=1)), a.size, float(b.std(ddof=1)), b.size)
+
+
 def pm(mean: float, ci95: float, spec: str, n: int, ci_spec: str = "") -> str:
     """`mean ± ci95` formatted with `spec` (`ci_spec` for the interval, default the same), or the
     mean alone when it comes from one seed: one value has no interval, and "± 0" would claim one."""

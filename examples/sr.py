@@ -32,7 +32,7 @@ from torch import nn
 import gradres_fused as gf
 
 from .common import (legend_outside, mean_ci95, n_params, parse_args, parser, pm, progress,
-                     save_figure, seed_all, table, timed, write)
+                     save_figure, seed_all, table, timed, welch_ci95, welch_half_width, write)
 
 TRAIN = ["astronaut.png", "hubble_deep_field.jpg", "ihc.png", "retina.jpg", "rocket.jpg",
          "motorcycle_left.png"]
@@ -205,11 +205,8 @@ def train_eval(arch, variant, seed, steps, batch, size, train_imgs, test_imgs, q
 def seeds_for(sd_a: float, sd_b: float, half_width: float = 0.02, most: int = 1000):
     """Seeds per model (the same for both) for which the 95% Welch t-interval of a difference of
     means has half-width ≤ `half_width`, at standard deviations sd_a, sd_b; None above `most`."""
-    from scipy import stats
     for n in range(2, most + 1):
-        va, vb = sd_a ** 2 / n, sd_b ** 2 / n
-        df = (va + vb) ** 2 / ((va ** 2 + vb ** 2) / (n - 1)) if va + vb > 0 else n - 1
-        if stats.t.ppf(0.975, df) * np.sqrt(va + vb) <= half_width:
+        if welch_half_width(sd_a, n, sd_b, n) <= half_width:
             return n
     return None
 
@@ -217,7 +214,6 @@ def seeds_for(sd_a: float, sd_b: float, half_width: float = 0.02, most: int = 10
 def differences(results: dict) -> dict:
     """Each gradient residual variant minus its architecture's plain one: PSNR difference, 95%
     Welch t-interval, and the seeds per model a ±0.02 dB interval would need."""
-    from scipy import stats
     out = {}
     for name, r in results.items():
         arch, variant = name.split("/")
@@ -225,14 +221,11 @@ def differences(results: dict) -> dict:
         if variant == "plain" or base is None or len(r["psnr_seeds"]) < 2 \
                 or len(base["psnr_seeds"]) < 2:
             continue
-        a, b = np.asarray(r["psnr_seeds"]), np.asarray(base["psnr_seeds"])
-        va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
-        df = (va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1)) if va + vb else 1
+        a, b = r["psnr_seeds"], base["psnr_seeds"]
+        delta, ci = welch_ci95(a, b)
         out[name + " − plain"] = {
-            "delta_psnr": float(a.mean() - b.mean()),
-            "ci95": float(stats.t.ppf(0.975, df) * np.sqrt(va + vb)),
-            "seeds": [int(a.size), int(b.size)],
-            "seeds_for_0.02dB": seeds_for(float(a.std(ddof=1)), float(b.std(ddof=1)))}
+            "delta_psnr": delta, "ci95": ci, "seeds": [len(a), len(b)],
+            "seeds_for_0.02dB": seeds_for(float(np.std(a, ddof=1)), float(np.std(b, ddof=1)))}
     return out
 
 

@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 from .common import (RESULTS, QUICK_RESULTS, FourierLift, Lifted, MGDL, Siren, mean_ci95,
-                     n_params, save_figure, table)
+                     n_params, save_figure, table, welch_ci95)
 
 ACTIVATIONS = ["relu", "tanh", "sin", "gelu", "silu"]
 FREQUENCIES = [1, 2, 4, 8, 16, 32, 64]
@@ -60,6 +60,7 @@ STAGE2_MODELS = ["mlp", "resnet", "gradres", "gradres_learn", "gradres_2nd", "mg
                  "fourier_features", "siren"]
 FIT_MSE = 1e-2
 STEPS = 6000  # every stage's step budget; --steps runs are a separate convergence check
+ABLATION_KEYS = ("normalize", "eps", "alpha_init", "learn_alpha", "detach")  # stage 3's options
 N_TRAIN = N_TEST = 1024
 SCHEDULE = "Adam full batch, lr 1e-3 → 1e-5 cosine (SIREN 1e-4 → 1e-6)"
 
@@ -146,8 +147,7 @@ def cells(runs: Iterable[Dict]) -> Dict[Tuple[int, str, str, int, int], List[Dic
     out: Dict = {}
     for r in runs:
         c = r["config"]
-        if any(x in c for x in ("normalize", "eps", "alpha_init", "learn_alpha", "detach")) \
-                or c["steps"] != STEPS:
+        if any(x in c for x in ABLATION_KEYS) or c["steps"] != STEPS:
             continue
         out.setdefault((c["k"], c["activation"], c["model"], c["budget"], c["depth"]), []).append(r)
     return out
@@ -204,6 +204,13 @@ def by_promise(runs: List[Dict], chosen: List[Tuple[int, str]], budget: int = 17
     return sorted(chosen, key=gap)
 
 
+def stage2_cells(runs: List[Dict]) -> List[Tuple[int, str]]:
+    """The cells stage 2 confirms (and stage 3 ablates the first three of), from the screening's
+    runs alone, the most promising first."""
+    first = [r for r in runs if r["config"]["stage"] == 1]
+    return by_promise(first, selected_cells(first))
+
+
 SETTINGS = ((17000, 4), (17000, 8), (130000, 4), (130000, 8))  # stage 2's (budget, depth)
 
 
@@ -213,10 +220,10 @@ def stage2(runs: List[Dict], quick: bool) -> List[Dict]:
     then depth 8, then 130k parameters."""
     if quick:
         return [config(2, 16, "tanh", m, 600, 2, 0, 60) for m in ("resnet", "gradres_2nd", "siren")]
-    first = [r for r in runs if r["config"]["stage"] == 1]
+    chosen = stage2_cells(runs)
     out = []
     for budget, depth in SETTINGS:
-        for k, act in by_promise(first, selected_cells(first)):
+        for k, act in chosen:
             models = STAGE2_MODELS if act != "sin" else [m for m in STAGE2_MODELS if m != "siren"]
             out += [config(2, k, act, m, budget, depth, s, STEPS) for s in range(5)
                     for m in models]
@@ -231,8 +238,7 @@ ABLATIONS = [dict(normalize=False), dict(eps=1e-2), dict(eps=1.0), dict(alpha_in
 def stage3(runs: List[Dict], quick: bool) -> List[Dict]:
     if quick:
         return [config(3, 16, "tanh", "gradres_learn", 600, 2, 0, 60, **a) for a in ABLATIONS[:2]]
-    first = [r for r in runs if r["config"]["stage"] == 1]
-    picked = by_promise(first, selected_cells(first))[:3]
+    picked = stage2_cells(runs)[:3]
     return [config(3, k, act, "gradres_learn", 17000, 4, s, STEPS, **a) for k, act in picked
             for a in ABLATIONS for s in range(5)]
 
@@ -274,7 +280,7 @@ def run_one(c: Dict, backend: str = "auto") -> Dict:
     """Train one configuration; the JSONL record."""
     torch.set_num_threads(1)
     torch.manual_seed(c["seed"])
-    ab = {k: c[k] for k in ("normalize", "eps", "alpha_init", "learn_alpha", "detach") if k in c}
+    ab = {k: c[k] for k in ABLATION_KEYS if k in c}
     width = width_for(c["model"], c["budget"], c["depth"], c["activation"])
     model = build(c["model"], width, c["depth"], c["activation"], backend, **ab)
     x, y, xt, yt = data(c["k"])
@@ -348,8 +354,7 @@ def load(path: str) -> List[Dict]:
 
 
 def _describe(c: Dict) -> str:
-    extra = "".join(f" {k}={c[k]}" for k in ("normalize", "eps", "alpha_init", "learn_alpha",
-                                              "detach") if k in c)
+    extra = "".join(f" {k}={c[k]}" for k in ABLATION_KEYS if k in c)
     return (f"k={c['k']:<2} {c['activation']:<4} {c['model']:<16} {c['budget'] / 1000:g}k "
             f"depth {c['depth']} seed {c['seed']}{extra}")
 
@@ -406,16 +411,7 @@ def _log_mse(rs: List[Dict]) -> List[float]:
 
 def difference(a: List[float], b: List[float]) -> Tuple[float, float]:
     """mean(a) − mean(b) and the half-width of its 95% Welch t-interval (nan below 2 + 2)."""
-    import statistics
-    if len(a) < 2 or len(b) < 2:
-        return statistics.fmean(a) - statistics.fmean(b), math.nan
-    from scipy import stats
-    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
-    se = math.sqrt(va + vb)
-    if se == 0:
-        return statistics.fmean(a) - statistics.fmean(b), 0.0
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    return statistics.fmean(a) - statistics.fmean(b), float(stats.t.ppf(0.975, df) * se)
+    return welch_ci95(a, b)
 
 
 def verdict(delta: float, ci: float) -> str:
@@ -451,28 +447,29 @@ def screening(runs: List[Dict], budget: int = 17000, depth: int = 4) -> Tuple[st
                                                                      f" seed{'s' * (seeds != [1])})"
                                            if ks else " (none)"))
         rows.append(row)
-    chosen = selected_cells(runs, budget, depth)
+    chosen = stage2_cells(runs)
     md = (f"## Stage 1: screening ({budget // 1000}k parameters, depth {depth})\n\nThe highest "
           f"k each model fits (mean test MSE < {FIT_MSE:g}, every lower k fitted too; – none):\n\n"
-          + table(["activation"] + STAGE1_MODELS, rows) + "\n\nCells stage 2 confirms (a "
-          "gradient residual model and the residual net apart beyond their seed range, or the "
-          "residual net's frontier k): " + (", ".join(f"k={k} {a}" for k, a in chosen) or "none")
+          + table(["activation"] + STAGE1_MODELS, rows) + "\n\nCells stage 2 confirms, from "
+          "the screening's runs (a gradient residual model and the residual net apart beyond "
+          "their seed range, or the residual net's frontier k), the most promising first: " + (", ".join(f"k={k} {a}" for k, a in chosen) or "none")
           + ".\n")
     return md, {"highest_k_fitted": fits, "stage2_cells": chosen}
 
 
 def mechanism_table(runs: List[Dict]) -> Tuple[str, List[Dict]]:
-    """The mechanism diagnostic of the first gradient residual block (stage 1 gradres runs):
+    """The mechanism diagnostic of the first gradient residual block (the gradient residual
+    runs at 17k parameters and depth 4, without ablations, at the stages' step budget):
     distinct ĝ directions over the 1,024 inputs and 1 − the mean cosine between neighbouring
     inputs' ĝ, at initialization and after training, per activation and k."""
+    by = cells(runs)
     rows, out = [], []
     for act in ACTIVATIONS:
-        rs = [r for r in runs if r["config"]["activation"] == act and r.get("mechanism_init")
-              and r["config"]["budget"] == 17000 and r["config"]["depth"] == 4
-              and r["config"]["model"] in ("gradres", "gradres_learn")
-              and not any(x in r["config"] for x in ("normalize", "eps", "alpha_init"))]
-        for k in sorted({r["config"]["k"] for r in rs}):
-            sel = [r for r in rs if r["config"]["k"] == k]
+        for k in FREQUENCIES:
+            sel = [r for m in ("gradres", "gradres_learn")
+                   for r in by.get((k, act, m, 17000, 4), []) if r.get("mechanism_init")]
+            if not sel:
+                continue
             avg = lambda f: sum(f(r) for r in sel) / len(sel)  # noqa: E731
             d = dict(activation=act, k=k, runs=len(sel),
                      distinct_init=avg(lambda r: r["mechanism_init"]["distinct_directions"]),
@@ -484,7 +481,8 @@ def mechanism_table(runs: List[Dict]) -> Tuple[str, List[Dict]]:
             rows.append([act, str(k), str(len(sel)), f"{d['distinct_init']:.0f}",
                          f"{d['distinct_trained']:.0f}", f"{d['one_minus_cos_init']:.1e}",
                          f"{d['one_minus_cos_trained']:.1e}"])
-    md = ("## Mechanism diagnostic (first block, stage 1 gradient residual runs)\n\nDistinct ĝ "
+    md = ("## Mechanism diagnostic (first block; gradient residual runs at 17k parameters, depth 4, "
+          f"{STEPS} steps, no ablation)\n\nDistinct ĝ "
           "directions over the 1,024 sorted training inputs (rows equal after rounding to 1e-6) "
           "and 1 − the mean cosine between neighbouring inputs' ĝ (0: neighbours share a "
           "direction; 2: opposite), at initialization and after training; means over the runs."
@@ -523,9 +521,6 @@ def comparisons(runs: List[Dict]) -> Tuple[str, List[Dict]]:
                   "Δ log10 test MSE", "verdict", "Δ vs plain MLP"], rows)
            if rows else "No such cells yet.") + "\n")
     return md, out
-
-
-ABLATION_KEYS = ("normalize", "eps", "alpha_init", "learn_alpha", "detach")
 
 
 def ablations(runs: List[Dict]) -> Tuple[str, List[Dict]]:
@@ -573,21 +568,21 @@ def convergence(runs: List[Dict]) -> Tuple[str, List[Dict]]:
     groups: Dict = {}
     for r in runs:
         c = r["config"]
-        if any(x in c for x in ("normalize", "eps", "alpha_init", "learn_alpha", "detach")):
+        if any(x in c for x in ABLATION_KEYS):
             continue
         groups.setdefault((c["k"], c["activation"], c["budget"], c["depth"], c["steps"],
                            c["model"]), []).append(r)
     checked = sorted({g[:4] for g in groups if g[4] != STEPS})
     rows, out = [], []
-    for k, act, budget, depth in checked:
-        for steps in sorted({g[4] for g in groups if g[:4] == (k, act, budget, depth)}):
-            res = groups.get((k, act, budget, depth, steps, "resnet"))
+    for cell in checked:
+        longer = {g[5] for g in groups if g[:4] == cell and g[4] != STEPS}  # models run longer
+        for steps in sorted({g[4] for g in groups if g[:4] == cell}):
+            res = groups.get((*cell, steps, "resnet"))
             for model in STAGE2_MODELS:
-                rs = groups.get((k, act, budget, depth, steps, model))
-                if not rs or (steps == STEPS and not any(
-                        (k, act, budget, depth, s, model) in groups for s in {
-                            g[4] for g in groups if g[4] != STEPS})):
+                rs = groups.get((*cell, steps, model))
+                if not rs or model not in longer:
                     continue
+                k, act, budget, depth = cell
                 lm, ci = mean_ci95(_log_mse(rs))
                 d, dci = (difference(_log_mse(rs), _log_mse(res)) if res and model != "resnet"
                           else (math.nan, math.nan))
@@ -635,7 +630,7 @@ def report(runs: List[Dict], out: str, name: str = "study") -> List[str]:
           f"{N_TRAIN} evenly spaced training points, {N_TEST} uniform test points. Fit: test MSE "
           f"< {FIT_MSE:g} (the target's variance is 0.5). Plateaued: the best train MSE of the "
           "last quarter of the steps within 10% of the third quarter's, or below 1e-5. "
-          f"{len(runs)} runs.\n\n" + screen_md + "\n" + comp_md + "\n" + conv_md + "\n" + abl_md + "\n" + mech_md +
+          f"{len(runs)} runs.\n\n" + "\n".join([screen_md, comp_md, conv_md, abl_md, mech_md]) +
           "\n## Every cell\n\nTest MSE mean ± 95% CI over seeds.\n\n" +
           table(["activation", "k", "model", "params", "depth", "seeds", "test MSE",
                  "plateaued", "ĝ distinct / neighbour cos (trained)"], rows) + "\n")
@@ -646,9 +641,7 @@ def report(runs: List[Dict], out: str, name: str = "study") -> List[str]:
     with open(paths[1], "w") as f:
         json.dump({"schedule": SCHEDULE, "fit_mse": FIT_MSE, "runs": len(runs),
                    "screening": screen, "comparisons": comp, "convergence": conv,
-                   "ablations": abl,
-                   "mechanism": mech,
-                   "cells": summary}, f, indent=1)
+                   "ablations": abl, "mechanism": mech, "cells": summary}, f, indent=1)
     fig_path = _heatmaps(summary, out, name)
     if fig_path:
         paths.append(fig_path)
