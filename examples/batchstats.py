@@ -107,14 +107,10 @@ def part1(seed: int = 0, c: int = 16, n: int = 32, hw: int = 8) -> dict:
 
 
 def split(seed):
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-    x, y = load_digits(return_X_y=True)
-    xtr, xte, ytr, yte = train_test_split(x / 16.0, y, test_size=0.25, stratify=y,
-                                          random_state=seed)
-    img = lambda a: torch.as_tensor(a, dtype=torch.float32).view(-1, 1, 8, 8)  # noqa: E731
-    lab = lambda a: torch.as_tensor(a, dtype=torch.long)  # noqa: E731
-    return img(xtr), lab(ytr), img(xte), lab(yte)
+    """examples.digits' split (stratified quarter held out), the inputs as 1×8×8 images."""
+    from .digits import split as digits_split
+    xtr, ytr, xte, yte = digits_split(seed)
+    return xtr.view(-1, 1, 8, 8), ytr, xte.view(-1, 1, 8, 8), yte
 
 
 def accuracy(model, x, y, batch=64):
