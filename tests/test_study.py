@@ -128,3 +128,39 @@ def test_ablation_table_compares_each_ablation_with_the_unablated_model():
     assert set(by) == {"residual net", "gradres_learn (as stage 2)", "normalize=False"}
     assert by["normalize=False"]["delta_vs_gradres_learn"] == pytest.approx(2.0)
     assert "normalize=False" in md
+
+
+def test_stage3_ablates_the_confirmed_cells_with_the_largest_advantage_that_fit():
+    runs = []
+    # screening: k=2 looks most promising, then k=4, then k=8 (nothing fits at k=8)
+    for s in range(2):
+        for k, res, grad in ((2, 1e-3, 1e-6), (4, 1e-3, 1e-4), (8, 0.3, 0.2)):
+            runs += [_record(k, "tanh", "resnet", res * (1 + s / 10), s),
+                     _record(k, "tanh", "gradres", grad * (1 + s / 10), s)]
+    assert study.stage3_cells(runs) == [(2, "tanh"), (4, "tanh"), (8, "tanh")]  # none confirmed
+    # stage 2 confirms k=4 and k=8 (every model, 5 seeds); at 5 seeds k=4's advantage is real,
+    # k=8's larger but nothing fits there; k=2 is not confirmed yet
+    for k, res, grad in ((4, 1e-3, 1e-5), (8, 0.4, 0.05)):
+        for s in range(5):
+            for m in study.STAGE2_MODELS:
+                mse = {"resnet": res, "gradres": grad}.get(m, 1e-2)
+                c = study.config(2, k, "tanh", m, 17000, 4, s, 6000)
+                runs.append({"key": study.key(c), "config": c, "test_mse": mse * (1 + s / 10),
+                             "train_mse": mse, "plateaued": True})
+    assert study.stage3_cells(runs) == [(4, "tanh")]
+    assert {(c["k"], c["activation"]) for c in study.stage3(runs, quick=False)} == {(4, "tanh")}
+
+
+def test_cli_selects_by_activation_depth_and_budget(tmp_path, capsys):
+    path = str(tmp_path / "s.jsonl")
+    assert study.main(["--quick", "--jsonl", path, "--k", "1", "--activations", "tanh",
+                       "--models", "resnet", "--depth", "2", "--budget", "600",
+                       "--steps", "20"]) == 0
+    assert [(r["config"]["activation"], r["config"]["model"]) for r in study.load(path)] == [
+        ("tanh", "resnet")]
+    with pytest.raises(SystemExit):
+        study.main(["--quick", "--jsonl", path, "--activations", "swish"])
+    assert "--activations: unknown ['swish']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        study.main(["--quick", "--jsonl", path, "--depth", "8"])
+    assert "--depth 8: stage 1 has no such run left to select" in capsys.readouterr().err
