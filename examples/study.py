@@ -460,19 +460,20 @@ def screening(runs: List[Dict], budget: int = 17000, depth: int = 4) -> Tuple[st
                         by[(k, act, m, budget, depth)]) >= FIT_MSE:
                     break
                 best = k
-            seeds = sorted({len(by[(k, act, m, budget, depth)]) for k in ks})
+            fewest = min((len(by[(k, act, m, budget, depth)]) for k in ks), default=0)
             fits[f"{act}/{m}"] = best
-            row.append(f"{best or '–'}" + ("" if seeds == [2] else f" ({'/'.join(map(str, seeds))}"
-                                                                     f" seed{'s' * (seeds != [1])})"
-                                           if ks else " (none)"))
+            row.append(f"{best or '–'}" + ("" if fewest >= 2 else " (1 seed at some k)"
+                                           if ks else " (no runs)"))
         rows.append(row)
     chosen = stage2_cells(runs)
+    n_cells = len({(k, a) for (k, a, m, b, d) in by if m in STAGE1_MODELS})
     md = (f"## Stage 1: screening ({budget // 1000}k parameters, depth {depth})\n\nThe highest "
-          f"k each model fits (mean test MSE < {FIT_MSE:g}, every lower k fitted too; – none):\n\n"
-          + table(["activation"] + STAGE1_MODELS, rows) + "\n\nCells stage 2 confirms, from "
-          "the screening's runs (a gradient residual model and the residual net apart beyond "
-          "their seed range, or the residual net's frontier k), the most promising first: " + (", ".join(f"k={k} {a}" for k, a in chosen) or "none")
-          + ".\n")
+          f"k each model fits (mean test MSE < {FIT_MSE:g}, every lower k fitted too; – none); "
+          "means over the screening's two seeds, over five where stage 2 has confirmed the "
+          "cell:\n\n" + table(["activation"] + STAGE1_MODELS, rows) + f"\n\n{len(chosen)} of "
+          f"{n_cells} cells go to stage 2 (a gradient residual model and the residual net apart "
+          "beyond their seed range in the screening, or the residual net's frontier k), the most "
+          "promising first: " + (", ".join(f"k={k} {a}" for k, a in chosen) or "none") + ".\n")
     return md, {"highest_k_fitted": fits, "stage2_cells": chosen}
 
 
