@@ -164,3 +164,16 @@ def test_cli_selects_by_activation_depth_and_budget(tmp_path, capsys):
     with pytest.raises(SystemExit):
         study.main(["--quick", "--jsonl", path, "--depth", "8"])
     assert "--depth 8: stage 1 has no such run left to select" in capsys.readouterr().err
+
+
+def test_screening_reports_the_highest_k_fitted_and_each_difference():
+    runs = []
+    for s in range(2):
+        for k, res, grad in ((1, 1e-5, 1e-6), (2, 1e-1, 1e-3)):
+            runs += [_record(k, "tanh", "resnet", res, s), _record(k, "tanh", "gradres", grad, s)]
+    md, out = study.screening(runs)
+    assert out["highest_k_fitted"]["tanh/resnet"] == 1
+    assert out["highest_k_fitted"]["tanh/gradres"] == 2
+    assert out["screening_delta"]["tanh/1/gradres"] == pytest.approx(-1.0)
+    assert out["screening_delta"]["tanh/2/gradres"] == pytest.approx(-2.0)
+    assert "| tanh | -1.0 / · / · | -2.0 / · / · ✗ |" in md
