@@ -132,23 +132,31 @@ def test_ablation_table_compares_each_ablation_with_the_unablated_model():
 
 def test_stage3_ablates_the_confirmed_cells_with_the_largest_advantage_that_fit():
     runs = []
-    # screening: k=2 looks most promising, then k=4, then k=8 (nothing fits at k=8)
+    # screening (2 seeds): promise order k=1, 2, 4, 8, 16; gradres does not fit k=16
+    screen = ((1, 1e-3, 1e-7), (2, 1e-3, 1e-6), (4, 1e-3, 1e-5), (8, 1e-3, 1e-4), (16, 0.4, 0.2))
     for s in range(2):
-        for k, res, grad in ((2, 1e-3, 1e-6), (4, 1e-3, 1e-4), (8, 0.3, 0.2)):
+        for k, res, grad in screen:
             runs += [_record(k, "tanh", "resnet", res * (1 + s / 10), s),
                      _record(k, "tanh", "gradres", grad * (1 + s / 10), s)]
-    assert study.stage3_cells(runs) == [(2, "tanh"), (4, "tanh"), (8, "tanh")]  # none confirmed
-    # stage 2 confirms k=4 and k=8 (every model, 5 seeds); at 5 seeds k=4's advantage is real,
-    # k=8's larger but nothing fits there; k=2 is not confirmed yet
-    for k, res, grad in ((4, 1e-3, 1e-5), (8, 0.4, 0.05)):
+    # before any cell is confirmed: the screening's first three where gradres fits
+    assert study.stage3_cells(runs) == [(1, "tanh"), (2, "tanh"), (4, "tanh")]
+    # stage 2 confirms k=2, 4, 8, 16 (every model, 5 seeds) with gaps that reorder them
+    # (4, 8, 2); k=16 has the largest gap in log10 MSE but its mean MSE does not fit (two
+    # seeds failed); k=1 is not confirmed
+    confirmed = {2: 1e-4, 4: 1e-9, 8: 1e-8, 16: 1e-12}
+    for k, grad in confirmed.items():
+        res = 0.4 if k == 16 else 1e-3
         for s in range(5):
             for m in study.STAGE2_MODELS:
+                if s < 2 and m in ("resnet", "gradres"):
+                    continue  # the screening's runs, reused by stage 2
                 mse = {"resnet": res, "gradres": grad}.get(m, 1e-2)
                 c = study.config(2, k, "tanh", m, 17000, 4, s, 6000)
                 runs.append({"key": study.key(c), "config": c, "test_mse": mse * (1 + s / 10),
                              "train_mse": mse, "plateaued": True})
-    assert study.stage3_cells(runs) == [(4, "tanh")]
-    assert {(c["k"], c["activation"]) for c in study.stage3(runs, quick=False)} == {(4, "tanh")}
+    assert study.stage3_cells(runs) == [(4, "tanh"), (8, "tanh"), (2, "tanh")]
+    assert {(c["k"], c["activation"]) for c in study.stage3(runs, quick=False)} == {
+        (4, "tanh"), (8, "tanh"), (2, "tanh")}
 
 
 def test_cli_selects_by_activation_depth_and_budget(tmp_path, capsys):
@@ -164,6 +172,9 @@ def test_cli_selects_by_activation_depth_and_budget(tmp_path, capsys):
     with pytest.raises(SystemExit):
         study.main(["--quick", "--jsonl", path, "--depth", "8"])
     assert "--depth 8: stage 1 has no such run left to select" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        study.main(["--quick", "--jsonl", path, "--budget", "17000"])
+    assert "--budget 17000: stage 1 has no such run left to select" in capsys.readouterr().err
 
 
 def test_screening_reports_the_highest_k_fitted_and_each_difference():
@@ -171,9 +182,13 @@ def test_screening_reports_the_highest_k_fitted_and_each_difference():
     for s in range(2):
         for k, res, grad in ((1, 1e-5, 1e-6), (2, 1e-1, 1e-3)):
             runs += [_record(k, "tanh", "resnet", res, s), _record(k, "tanh", "gradres", grad, s)]
+    c = study.config(2, 1, "tanh", "gradres", 17000, 4, 2, 6000)  # stage 2's third seed
+    runs.append({"key": study.key(c), "config": c, "test_mse": 1e-3, "train_mse": 1e-3,
+                 "plateaued": True})
+    runs[0] = dict(runs[0], config=dict(runs[0]["config"], stage=2))  # a screening run stage 2 ran
     md, out = study.screening(runs)
     assert out["highest_k_fitted"]["tanh/resnet"] == 1
     assert out["highest_k_fitted"]["tanh/gradres"] == 2
-    assert out["screening_delta"]["tanh/1/gradres"] == pytest.approx(-1.0)
+    assert out["screening_delta"]["tanh/1/gradres"] == pytest.approx(-1.0)  # its two seeds
     assert out["screening_delta"]["tanh/2/gradres"] == pytest.approx(-2.0)
     assert "| tanh | -1.0 / · / · | -2.0 / · / · ✗ |" in md
