@@ -27,8 +27,9 @@ Stages (`--stage`):
      alpha init ∈ {−4, 0, 4}, m = 1 vs learnable, detach vs second order.
 The screening runs k ≤ 16 (both seeds) before k = 32, 64. `--max-runs N` stops a stage after N
 new runs; `--k`, `--activations`, `--models`, `--seeds`, `--depth` and `--budget` select some
-of its runs; a later call resumes where it stopped. `--steps T` trains the selected runs T steps instead of 6,000 (the schedule stretched to
-T): the convergence check, reported beside the same cells at 6,000 steps.
+of its runs; a later call resumes where it stopped. `--steps T` trains the selected runs T
+steps instead of 6,000 (the schedule stretched to T): the convergence check, reported beside
+the same cells at 6,000 steps.
 Each gradient residual run also records the mechanism diagnostic of its first block, at
 initialization and after training: the number of distinct ĝ directions over the training inputs
 and the mean cosine between ĝ at neighbouring inputs.
@@ -155,6 +156,11 @@ def cells(runs: Iterable[Dict]) -> Dict[Tuple[int, str, str, int, int], List[Dic
     return out
 
 
+def fitted(rs: List[Dict]) -> bool:
+    """Whether a cell's runs fit the target: mean test MSE over its seeds < FIT_MSE."""
+    return sum(r["test_mse"] for r in rs) / len(rs) < FIT_MSE
+
+
 def _spread(rs: List[Dict]) -> Tuple[float, float, float]:
     """(mean log10 test MSE, min, max) over seeds."""
     v = [math.log10(max(r["test_mse"], 1e-12)) for r in rs]
@@ -182,8 +188,7 @@ def selected_cells(runs: Iterable[Dict], budget: int = 17000, depth: int = 4) ->
                     if ghi < rlo or glo > rhi:
                         chosen.append((k, act))
         frontier = [k for k in ks if by.get((k, act, "resnet", budget, depth))
-                    and sum(r["test_mse"] for r in by[(k, act, "resnet", budget, depth)])
-                    / len(by[(k, act, "resnet", budget, depth)]) >= FIT_MSE]
+                    and not fitted(by[(k, act, "resnet", budget, depth)])]
         if frontier:
             chosen.append((frontier[0], act))
     return sorted(set(chosen), key=lambda c: (ACTIVATIONS.index(c[1]), c[0]))
@@ -251,19 +256,18 @@ def stage3_cells(runs: List[Dict]) -> List[Tuple[int, str]]:
     confirmed: stage 2's first three cells where a gradient residual model fits in the
     screening. The choice does not move when the screening grows; it can when stage 2 confirms
     a cell with a larger advantage (the ablations already run stay in the results and report)."""
-    by = cells(runs)
+    by, chosen = cells(runs), stage2_cells(runs)
 
-    def fits(groups, k, act):
-        return any(sum(r["test_mse"] for r in rs) / len(rs) < FIT_MSE for m in
-                   ("gradres", "gradres_learn") for rs in [groups.get((k, act, m, 17000, 4))]
-                   if rs)
-    done = [(k, act) for k, act in stage2_cells(runs) if fits(by, k, act)
+    def gradres_fits(groups, k, act):
+        return any(fitted(groups[(k, act, m, 17000, 4)]) for m in ("gradres", "gradres_learn")
+                   if (k, act, m, 17000, 4) in groups)
+    done = [(k, act) for k, act in chosen if gradres_fits(by, k, act)
             and all(len(by.get((k, act, m, 17000, 4), [])) >= 5 for m in STAGE2_MODELS
                     if not (m == "siren" and act == "sin"))]
     if done:
         return by_promise(runs, done)[:3]
     first = cells(screening_runs(runs))
-    return [c for c in stage2_cells(runs) if fits(first, *c)][:3]
+    return [c for c in chosen if gradres_fits(first, *c)][:3]
 
 
 def stage3(runs: List[Dict], quick: bool) -> List[Dict]:
@@ -461,19 +465,18 @@ def screening(runs: List[Dict], budget: int = 17000, depth: int = 4) -> Tuple[st
     seeds < FIT_MSE, every lower k fitted too) and the cells stage 2 selects."""
     by = cells(r for r in runs if r["config"]["budget"] == budget
                and r["config"]["depth"] == depth)
-    rows, fits = [], {}
+    rows, highest = [], {}
     for act in ACTIVATIONS:
         row = [act]
         for m in STAGE1_MODELS:
             ks = sorted(k for (k, a, mm, _, _) in by if a == act and mm == m)
             best = 0
             for k in ks:
-                if sum(r["test_mse"] for r in by[(k, act, m, budget, depth)]) / len(
-                        by[(k, act, m, budget, depth)]) >= FIT_MSE:
+                if not fitted(by[(k, act, m, budget, depth)]):
                     break
                 best = k
             fewest = min((len(by[(k, act, m, budget, depth)]) for k in ks), default=0)
-            fits[f"{act}/{m}"] = best
+            highest[f"{act}/{m}"] = best
             row.append(f"{best or '–'}" + ("" if fewest >= 2 else " (1 seed at some k)"
                                            if ks else " (no runs)"))
         rows.append(row)
@@ -491,7 +494,7 @@ def screening(runs: List[Dict], budget: int = 17000, depth: int = 4) -> Tuple[st
                   and r["config"]["depth"] == depth)
     ks = sorted({k for (k, a, m, b, d) in first})
     if not ks:
-        return md, {"highest_k_fitted": fits, "stage2_cells": chosen}
+        return md, {"highest_k_fitted": highest, "stage2_cells": chosen}
     drows, deltas = [], {}
     for act in ACTIVATIONS:
         row = [act]
@@ -506,15 +509,14 @@ def screening(runs: List[Dict], budget: int = 17000, depth: int = 4) -> Tuple[st
                     parts.append(f"{d:+.1f}")
                 else:
                     parts.append("·")
-            fit = res and sum(r["test_mse"] for r in res) / len(res) < FIT_MSE
-            row.append(" / ".join(parts) + ("" if fit or not res else " ✗"))
+            row.append(" / ".join(parts) + ("" if not res or fitted(res) else " ✗"))
         drows.append(row)
     md += (f"\nThe screening's differences (its two seeds only, mean log10 test MSE − the "
-           "residual net's; negative: lower error): gradient residual m = 1 / learnable m / plain MLP; ✗ "
-           f"where the residual net does not fit in these two seeds (mean test MSE ≥ {FIT_MSE:g}; "
-           "the table above uses every seed). No intervals: stage 2 gives those.\n\n" + table(["activation"] + [f"k={k}" for k in ks], drows)
-           + "\n")
-    return md, {"highest_k_fitted": fits, "stage2_cells": chosen, "screening_delta": deltas}
+           "residual net's; negative: lower error): gradient residual m = 1 / learnable m / "
+           "plain MLP; ✗ where the residual net does not fit in these two seeds (mean test MSE "
+           f"≥ {FIT_MSE:g}; the table above uses every seed). No intervals: stage 2 gives "
+           "those.\n\n" + table(["activation"] + [f"k={k}" for k in ks], drows) + "\n")
+    return md, {"highest_k_fitted": highest, "stage2_cells": chosen, "screening_delta": deltas}
 
 
 def mechanism_table(runs: List[Dict]) -> Tuple[str, List[Dict]]:

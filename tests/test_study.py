@@ -9,8 +9,8 @@ pytest.importorskip("scipy", reason="examples need scipy (README: Experiments)")
 from examples import study  # noqa: E402
 
 
-def _record(k, act, model, mse, seed=0):
-    c = study.config(1, k, act, model, 17000, 4, seed, 6000)
+def _record(k, act, model, mse, seed=0, stage=1):
+    c = study.config(stage, k, act, model, 17000, 4, seed, 6000)
     return {"key": study.key(c), "config": c, "test_mse": mse, "train_mse": mse,
             "plateaued": True}
 
@@ -151,9 +151,7 @@ def test_stage3_ablates_the_confirmed_cells_with_the_largest_advantage_that_fit(
                 if s < 2 and m in ("resnet", "gradres"):
                     continue  # the screening's runs, reused by stage 2
                 mse = {"resnet": res, "gradres": grad}.get(m, 1e-2)
-                c = study.config(2, k, "tanh", m, 17000, 4, s, 6000)
-                runs.append({"key": study.key(c), "config": c, "test_mse": mse * (1 + s / 10),
-                             "train_mse": mse, "plateaued": True})
+                runs.append(_record(k, "tanh", m, mse * (1 + s / 10), s, stage=2))
     assert study.stage3_cells(runs) == [(4, "tanh"), (8, "tanh"), (2, "tanh")]
     assert {(c["k"], c["activation"]) for c in study.stage3(runs, quick=False)} == {
         (4, "tanh"), (8, "tanh"), (2, "tanh")}
@@ -182,10 +180,8 @@ def test_screening_reports_the_highest_k_fitted_and_each_difference():
     for s in range(2):
         for k, res, grad in ((1, 1e-5, 1e-6), (2, 1e-1, 1e-3)):
             runs += [_record(k, "tanh", "resnet", res, s), _record(k, "tanh", "gradres", grad, s)]
-    c = study.config(2, 1, "tanh", "gradres", 17000, 4, 2, 6000)  # stage 2's third seed
-    runs.append({"key": study.key(c), "config": c, "test_mse": 1e-3, "train_mse": 1e-3,
-                 "plateaued": True})
-    runs[0] = dict(runs[0], config=dict(runs[0]["config"], stage=2))  # a screening run stage 2 ran
+    runs.append(_record(1, "tanh", "gradres", 1e-3, 2, stage=2))  # stage 2's third seed
+    runs[0] = _record(1, "tanh", "resnet", 1e-5, 0, stage=2)  # a screening run stage 2 ran
     md, out = study.screening(runs)
     assert out["highest_k_fitted"]["tanh/resnet"] == 1
     assert out["highest_k_fitted"]["tanh/gradres"] == 2
