@@ -585,6 +585,63 @@ def comparisons(runs: List[Dict]) -> Tuple[str, List[Dict]]:
     return md, out
 
 
+def verdicts(runs: List[Dict], budget: int = 17000, depth: int = 4,
+             seeds: int = 5) -> Tuple[str, Dict]:
+    """The study's answer at one (budget, depth): every cell stage 2 selects whose four core
+    models (plain MLP, residual net, gradient residual m = 1 and learnable m) have ≥ `seeds`
+    seeds, one row each: whether the residual net fits, and each other model's Δ log10 test
+    MSE against it (95% Welch CI); then a tally of the gradient residual verdicts, apart for
+    the cells where the residual net fits and those where it does not."""
+    by = cells(runs)
+    rows, out = [], []
+    tally: Dict = {}
+    for k, act in sorted(stage2_cells(runs), key=lambda c: (ACTIVATIONS.index(c[1]), c[0])):
+        groups = {m: by.get((k, act, m, budget, depth), []) for m in STAGE1_MODELS}
+        if any(len(rs) < seeds for rs in groups.values()):
+            continue
+        res = _log_mse(groups["resnet"])
+        fits = fitted(groups["resnet"])
+        row = dict(k=k, activation=act, budget=budget, depth=depth, resnet_fits=fits,
+                   resnet_log10_mse=sum(res) / len(res),
+                   seeds=min(len(rs) for rs in groups.values()))
+        cols = [act, str(k), f"{row['resnet_log10_mse']:.2f}" + ("" if fits else " ✗")]
+        for m in ("gradres", "gradres_learn", "mlp"):
+            d, ci = difference(_log_mse(groups[m]), res)
+            v = verdict(d, ci)
+            row[m] = dict(delta_log10_mse=d, ci95=ci, verdict=v)
+            mark = {"gradres better": " better", "gradres worse": " worse"}.get(v, "")
+            cols.append(f"{d:+.2f} ± {ci:.2f}{mark}")
+            if m != "mlp":
+                t = tally.setdefault(("fits" if fits else "does not fit", m), {})
+                t[v] = t.get(v, 0) + 1
+        out.append(row)
+        rows.append(cols)
+    name = {"gradres": "m = 1", "gradres_learn": "learnable m"}
+    lines = []
+    for where in ("fits", "does not fit"):
+        n = sum(1 for r in out if r["resnet_fits"] == (where == "fits"))
+        if not n:
+            continue
+        parts = []
+        for m in ("gradres", "gradres_learn"):
+            t = tally.get((where, m), {})
+            parts.append(f"{name[m]} better in {t.get('gradres better', 0)}, worse in "
+                         f"{t.get('gradres worse', 0)}, unresolved in "
+                         f"{t.get('no difference resolved', 0)}")
+        lines.append(f"- {n} cell{'s' if n > 1 else ''} where the residual net "
+                     f"{'fits' if where == 'fits' else 'does not fit'}: "
+                     + "; ".join(parts) + ".")
+    md = (f"## The verdicts ({budget // 1000}k parameters, depth {depth}, ≥ {seeds} seeds of "
+          "the four core models)\n\nEvery stage-2 cell confirmed so far: the residual net's "
+          f"mean log10 test MSE (✗: it does not fit, mean test MSE ≥ {FIT_MSE:g}; one failed "
+          "seed can do that), and each model's Δ against it with its 95% Welch interval "
+          "(negative: lower error; better / worse: the interval excludes 0).\n\n" +
+          (table(["activation", "k", "residual net", "gradient residual m = 1", "learnable m",
+                  "plain MLP"], rows) + "\n" + "\n".join(lines) if rows else
+           "No cell confirmed yet.") + "\n")
+    return md, {"cells": out, "tally": {f"{w}/{m}": t for (w, m), t in tally.items()}}
+
+
 def ablations(runs: List[Dict]) -> Tuple[str, List[Dict]]:
     """Stage 3: per ablated cell, each ablation of the learnable-m gradient residual model beside
     that model as stage 2 ran it (normalize, eps 1e-6, alpha_init 0, learnable, detach), and the
@@ -688,11 +745,13 @@ def report(runs: List[Dict], out: str, name: str = "study") -> List[str]:
     comp_md, comp = comparisons(runs)
     conv_md, conv = convergence(runs)
     abl_md, abl = ablations(runs)
+    ver_md, ver = verdicts(runs)
     md = ("# Gradient residual study (1-D, sin(2πkx))\n\n" + f"Schedule: {SCHEDULE}; "
           f"{N_TRAIN} evenly spaced training points, {N_TEST} uniform test points. Fit: test MSE "
           f"< {FIT_MSE:g} (the target's variance is 0.5). Plateaued: the best train MSE of the "
           "last quarter of the steps within 10% of the third quarter's, or below 1e-5. "
-          f"{len(runs)} runs.\n\n" + "\n".join([screen_md, comp_md, conv_md, abl_md, mech_md]) +
+          f"{len(runs)} runs.\n\n" + "\n".join([screen_md, ver_md, comp_md, conv_md, abl_md,
+                                               mech_md]) +
           "\n## Every cell\n\nTest MSE mean ± 95% CI over seeds.\n\n" +
           table(["activation", "k", "model", "params", "depth", "seeds", "test MSE",
                  "plateaued", "ĝ distinct / neighbour cos (trained)"], rows) + "\n")
@@ -702,7 +761,8 @@ def report(runs: List[Dict], out: str, name: str = "study") -> List[str]:
         f.write(md)
     with open(paths[1], "w") as f:
         json.dump({"schedule": SCHEDULE, "fit_mse": FIT_MSE, "runs": len(runs),
-                   "screening": screen, "comparisons": comp, "convergence": conv,
+                   "screening": screen, "verdicts": ver, "comparisons": comp,
+                   "convergence": conv,
                    "ablations": abl, "mechanism": mech, "cells": summary}, f, indent=1)
     fig_path = _heatmaps(summary, out, name)
     if fig_path:

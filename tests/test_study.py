@@ -188,3 +188,33 @@ def test_screening_reports_the_highest_k_fitted_and_each_difference():
     assert out["screening_delta"]["tanh/1/gradres"] == pytest.approx(-1.0)  # its two seeds
     assert out["screening_delta"]["tanh/2/gradres"] == pytest.approx(-2.0)
     assert "| tanh | -1.0 / · / · | -2.0 / · / · ✗ |" in md
+
+
+def test_verdicts_tally_the_confirmed_cells_apart_by_whether_the_residual_net_fits():
+    runs = []
+    for s in range(5):
+        jitter = 1 + s / 10
+        # tanh k=4: the residual net fits, m = 1 resolved better, learnable m resolved worse
+        runs += [_record(4, "tanh", "resnet", 1e-4 * jitter, s),
+                 _record(4, "tanh", "gradres", 1e-6 * jitter, s),
+                 _record(4, "tanh", "gradres_learn", 1e-2 * jitter, s),
+                 _record(4, "tanh", "mlp", 1e-4 * (1 + s), s)]
+        # tanh k=8, the frontier: nothing fits, everything level
+        runs += [_record(8, "tanh", m, 0.4 * (1 + (s + i) % 5 / 10), s)
+                 for i, m in enumerate(study.STAGE1_MODELS)]
+    for s in range(2):  # sin k=8: selected but screened only, so not yet a verdict
+        runs += [_record(8, "sin", "resnet", 1e-1, s), _record(8, "sin", "gradres", 1e-1, s)]
+    md, out = study.verdicts(runs)
+    rows = {(c["k"], c["activation"]): c for c in out["cells"]}
+    assert set(rows) == {(4, "tanh"), (8, "tanh")}
+    assert rows[(4, "tanh")]["resnet_fits"] and not rows[(8, "tanh")]["resnet_fits"]
+    assert rows[(4, "tanh")]["gradres"]["verdict"] == "gradres better"
+    assert rows[(4, "tanh")]["gradres"]["delta_log10_mse"] == pytest.approx(-2.0)
+    assert rows[(4, "tanh")]["gradres_learn"]["verdict"] == "gradres worse"
+    assert out["tally"] == {"fits/gradres": {"gradres better": 1},
+                            "fits/gradres_learn": {"gradres worse": 1},
+                            "does not fit/gradres": {"no difference resolved": 1},
+                            "does not fit/gradres_learn": {"no difference resolved": 1}}
+    assert "- 1 cell where the residual net fits: m = 1 better in 1, worse in 0" in md
+    assert "| tanh | 8 | -0.32 ✗ |" in md
+    assert "No cell confirmed yet." in study.verdicts(runs[:8])[0]
