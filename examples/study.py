@@ -4,6 +4,8 @@ Every run is one configuration — (target frequency k, activation, model, param
 depth, seed, and for the ablations normalize / eps / alpha_init / detach) — fitting
 y = sin(2πkx) on [0, 1] alone. Results are appended, one JSON line per run, to a JSONL file
 keyed by the configuration, so an interrupted or extended study resumes and never redoes a run.
+SIREN (sine) and MGDL (ReLU) do not use the activation: each is trained once per (k, budget,
+depth, seed) and its record copied, marked "copied_from", to every activation that asks.
 
 Training (stated once, the same for every run): full-batch Adam, learning rate 1e-3 decayed by a
 cosine to 1e-5 over the run's steps (SIREN: 1e-4 to 1e-6, it diverges at 1e-3), 1,024 evenly
@@ -132,6 +134,18 @@ def config(stage: int, k: int, act: str, model: str, budget: int, depth: int, se
 def key(c: Dict) -> str:
     """A run's identity: its configuration, without the stage that first asked for it."""
     return json.dumps({k: v for k, v in c.items() if k != "stage"}, sort_keys=True)
+
+
+ACTIVATION_FREE = ("siren", "mgdl")  # built without the cell's activation (sine; ReLU)
+
+
+def trained_key(c: Dict) -> str:
+    """What a run trains: its key, without the activation for the models that do not use it,
+    so that their runs at one k, budget, depth and seed are trained once and recorded for
+    every activation that asks (a copy, marked "copied_from")."""
+    if c["model"] not in ACTIVATION_FREE:
+        return key(c)
+    return key({k: v for k, v in c.items() if k != "activation"})
 
 
 def stage1(quick: bool) -> List[Dict]:
@@ -394,11 +408,17 @@ def _describe(c: Dict) -> str:
             f"depth {c['depth']} seed {c['seed']}{extra}")
 
 
+def _copy(source: Dict, c: Dict) -> Dict:
+    """`source`'s record for configuration `c`, which trains the same model (trained_key)."""
+    return dict(source, key=key(c), config=c, copied_from=source["key"])
+
+
 def run(configs: List[Dict], path: str, workers: int, backend: str,
         max_runs: Optional[int] = None) -> List[Dict]:
     """Run the configurations not yet in `path` (at most `max_runs` of them, in order),
     `workers` processes, appending as they end."""
-    done = {r["key"] for r in load(path)}
+    previous = load(path)
+    done = {r["key"] for r in previous}
     todo, seen = [], set()
     for c in configs:
         if key(c) not in done and key(c) not in seen:
@@ -406,13 +426,30 @@ def run(configs: List[Dict], path: str, workers: int, backend: str,
             seen.add(key(c))
     missing = len(todo)
     todo = todo[:max_runs] if max_runs is not None else todo
+    # the same training under another activation (ACTIVATION_FREE models): copy, do not retrain
+    trained = {trained_key(r["config"]): r for r in previous}
+    copies = [(c, trained[trained_key(c)]) for c in todo if trained_key(c) in trained]
+    followers: Dict[str, List[Dict]] = {}
+    train = []
+    for c in todo:
+        t = trained_key(c)
+        if t in trained:
+            continue
+        if t in followers:
+            followers[t].append(c)
+        else:
+            followers[t] = []
+            train.append(c)
+    n_copy = len(todo) - len(train)
     print(f"study: {len(configs)} runs asked, {len(configs) - missing} already in {path}, "
-          f"{len(todo)} to run on {workers} worker(s)"
+          f"{len(train)} to run on {workers} worker(s)"
+          + (f", {n_copy} copied from the same training under another activation "
+             f"({', '.join(ACTIVATION_FREE)} do not use it)" if n_copy else "")
           + (f" ({missing - len(todo)} left for later: --max-runs)" if missing > len(todo) else ""),
           flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     t0 = time.perf_counter()
-    jobs = [(c, backend) for c in todo]
+    jobs = [(c, backend) for c in train]
     ctx = mp.get_context("spawn")
     pool = ctx.Pool(workers) if workers > 1 else None
     results = pool.imap_unordered(_worker, jobs) if pool else map(_worker, jobs)
@@ -423,14 +460,19 @@ def run(configs: List[Dict], path: str, workers: int, backend: str,
                 if f.read(1) != b"\n":
                     f.write(b"\n")
         with open(path, "a") as f:
+            for c, source in copies:
+                f.write(json.dumps(_copy(source, c)) + "\n")
+            f.flush()
             for i, r in enumerate(results, 1):
                 f.write(json.dumps(r) + "\n")
+                for c in followers[trained_key(r["config"])]:
+                    f.write(json.dumps(_copy(r, c)) + "\n")
                 f.flush()
-                left = (time.perf_counter() - t0) / i * (len(todo) - i)
+                left = (time.perf_counter() - t0) / i * (len(train) - i)
                 status = (r["error"] if "error" in r else
                           f"train {r['train_mse']:.2e} test {r['test_mse']:.2e} "
                           f"({r['seconds']:.1f} s){'' if r['plateaued'] else ' not plateaued'}")
-                print(f"[{i}/{len(todo)}] {_describe(r['config'])}: {status}; "
+                print(f"[{i}/{len(train)}] {_describe(r['config'])}: {status}; "
                       f"~{left / 60:.0f} min left", flush=True)
     finally:
         if pool:
@@ -746,12 +788,15 @@ def report(runs: List[Dict], out: str, name: str = "study") -> List[str]:
     conv_md, conv = convergence(runs)
     abl_md, abl = ablations(runs)
     ver_md, ver = verdicts(runs)
+    copied = sum(1 for r in runs if "copied_from" in r)
     md = ("# Gradient residual study (1-D, sin(2πkx))\n\n" + f"Schedule: {SCHEDULE}; "
           f"{N_TRAIN} evenly spaced training points, {N_TEST} uniform test points. Fit: test MSE "
           f"< {FIT_MSE:g} (the target's variance is 0.5). Plateaued: the best train MSE of the "
           "last quarter of the steps within 10% of the third quarter's, or below 1e-5. "
-          f"{len(runs)} runs.\n\n" + "\n".join([screen_md, ver_md, comp_md, conv_md, abl_md,
-                                               mech_md]) +
+          f"{len(runs)} runs" + (f" ({copied} of them SIREN or MGDL runs recorded for "
+                                 "another activation: the same training, trained once)"
+                                 if copied else "") + ".\n\n" +
+          "\n".join([screen_md, ver_md, comp_md, conv_md, abl_md, mech_md]) +
           "\n## Every cell\n\nTest MSE mean ± 95% CI over seeds.\n\n" +
           table(["activation", "k", "model", "params", "depth", "seeds", "test MSE",
                  "plateaued", "ĝ distinct / neighbour cos (trained)"], rows) + "\n")

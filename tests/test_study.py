@@ -218,3 +218,33 @@ def test_verdicts_tally_the_confirmed_cells_apart_by_whether_the_residual_net_fi
     assert "- 1 cell where the residual net fits: m = 1 better in 1, worse in 0" in md
     assert "| tanh | 8 | -0.32 ✗ |" in md
     assert "No cell confirmed yet." in study.verdicts(runs[:8])[0]
+
+
+def test_models_without_the_activation_train_once_per_k_and_are_recorded_for_each(tmp_path,
+                                                                                   capsys):
+    path = str(tmp_path / "s.jsonl")
+    siren = [study.config(2, 2, act, "siren", 600, 2, 0, 60) for act in ("tanh", "gelu")]
+    runs = study.run(siren + [study.config(2, 2, "gelu", "resnet", 600, 2, 0, 60)], path,
+                     workers=1, backend="auto")
+    out = capsys.readouterr().out
+    assert "2 to run on 1 worker(s), 1 copied from the same training" in out
+    by = {(r["config"]["activation"], r["config"]["model"]): r for r in runs}
+    assert by[("gelu", "siren")]["copied_from"] == by[("tanh", "siren")]["key"]
+    assert by[("gelu", "siren")]["test_mse"] == by[("tanh", "siren")]["test_mse"]
+    assert "copied_from" not in by[("tanh", "siren")]
+    # a later activation is copied from the file, nothing trains
+    more = study.run([study.config(2, 2, "silu", "siren", 600, 2, 0, 60)], path, workers=1,
+                     backend="auto")
+    assert "0 to run on 1 worker(s), 1 copied" in capsys.readouterr().out
+    assert len(more) == 4 and more[-1]["config"]["activation"] == "silu"
+    assert study.trained_key(siren[0]) == study.trained_key(siren[1])
+    assert study.trained_key(study.config(2, 2, "tanh", "resnet", 600, 2, 0, 60)) != \
+        study.trained_key(study.config(2, 2, "gelu", "resnet", 600, 2, 0, 60))
+
+
+@pytest.mark.parametrize("model", study.ACTIVATION_FREE)
+def test_the_models_copied_across_activations_do_train_the_same(model):
+    a, b = (study.run_one(study.config(2, 2, act, model, 600, 2, 0, 30))
+            for act in ("tanh", "silu"))
+    same = ("width", "train_mse", "test_mse")
+    assert [a[f] for f in same] == [b[f] for f in same]
