@@ -428,14 +428,12 @@ def run(configs: List[Dict], path: str, workers: int, backend: str,
     todo = todo[:max_runs] if max_runs is not None else todo
     # the same training under another activation (ACTIVATION_FREE models): copy, do not retrain
     trained = {trained_key(r["config"]): r for r in previous}
-    copies = [(c, trained[trained_key(c)]) for c in todo if trained_key(c) in trained]
-    followers: Dict[str, List[Dict]] = {}
-    train = []
+    copies, followers, train = [], {}, []  # followers: trained_key -> configs copied after it
     for c in todo:
         t = trained_key(c)
         if t in trained:
-            continue
-        if t in followers:
+            copies.append((c, trained[t]))
+        elif t in followers:
             followers[t].append(c)
         else:
             followers[t] = []
@@ -807,8 +805,8 @@ def report(runs: List[Dict], out: str, name: str = "study") -> List[str]:
     with open(paths[1], "w") as f:
         json.dump({"schedule": SCHEDULE, "fit_mse": FIT_MSE, "runs": len(runs),
                    "screening": screen, "verdicts": ver, "comparisons": comp,
-                   "convergence": conv,
-                   "ablations": abl, "mechanism": mech, "cells": summary}, f, indent=1)
+                   "convergence": conv, "ablations": abl, "mechanism": mech, "cells": summary},
+                  f, indent=1)
     fig_path = _heatmaps(summary, out, name)
     if fig_path:
         paths.append(fig_path)
