@@ -7,6 +7,7 @@ start-ups. Every wait is bounded: a hung collective fails the test instead of bl
 from __future__ import annotations
 
 import datetime
+import faulthandler
 import os
 import socket
 import sys
@@ -76,6 +77,9 @@ def _full(v):
 
 
 def _worker(rank: int, port: int, wrapper: str, seed: int):
+    # A rank that dies on a signal (seen once: SIGABRT, "terminate called without an active
+    # exception", FSDP2 scenario, 2-core machine under load) prints every thread's Python stack.
+    faulthandler.enable(all_threads=True)
     torch.set_num_threads(1)
     if sys.platform.startswith("linux"):
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
