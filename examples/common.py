@@ -128,7 +128,11 @@ def environment() -> Dict:
             "torch": torch.__version__, "python": platform.python_version(),
             "machine": platform.machine(), "cpus": os.cpu_count(),
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-            "backends": gf.available_backends()}
+            "backends": gf.available_backends(),
+            # what backend="auto" runs for float32 tensors on that device (GRADRES_BACKEND aside)
+            "auto_backend": gf.backends.get_backend(
+                "auto", torch.device("cuda" if torch.cuda.is_available() else "cpu"),
+                torch.float32).name}
 
 
 def write(out_dir: str, name: str, payload: Dict, markdown: str, json_path=None) -> List[str]:

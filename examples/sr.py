@@ -3,8 +3,9 @@ random patches of the training photos, test PSNR/SSIM on the Y channel (border c
 held-out photos. Two architectures, each with plain residual blocks vs gradient residual blocks:
 
 - EDSR-baseline-style: conv head, conv–relu–conv residual blocks (res_scale), conv, global skip,
-  conv + pixel-shuffle upsampler, conv tail. Gradient residual blocks are the fused
-  `GradResConv2d` (detach, and second-order).
+  conv + pixel-shuffle upsampler, conv tail. Gradient residual blocks are `GradResConv2d`
+  (detach, and second-order; fused where the `cpp` backend is built, and the table's "block"
+  column names the backend that ran).
 - RD-IDN-style (Chen et al., "Residual Dense Information Distillation Network"): two conv+ReLU
   feature-extraction layers → a chain of information-distillation blocks (three conv+ReLU stages,
   each distilling a quarter of its channels, fused by a 1×1 conv), each in a residual skip, with
@@ -252,6 +253,9 @@ def main(argv=None):
         raw.setdefault((arch, variant), []).append(
             train_eval(arch, variant, seed, steps, batch, size, train_imgs, test_imgs, quick,
                        args.backend))
+    # the backend GradResConv2d ran: `auto` falls back to composite where the C++ extension is
+    # not built (same formulas, not fused), so the label says which
+    ran = gf.backends.get_backend(args.backend, torch.device("cpu"), torch.float32).name
     for (arch, variant), runs in raw.items():
         psnr = [float(np.mean([p for p, _ in scores])) for scores, _, _ in runs]
         ssim = [float(np.mean([s for _, s in scores])) for scores, _, _ in runs]
@@ -261,7 +265,7 @@ def main(argv=None):
             "psnr": mean_ci95(psnr)[0], "psnr_ci95": mean_ci95(psnr)[1], "psnr_seeds": psnr,
             "ssim": mean_ci95(ssim)[0], "ms_per_step": 1e3 * float(np.mean([t for _, t, _ in runs])),
             "params": runs[0][2], "psnr_per_image": per_image,
-            "block": ("GradResConv2d (fused)" if arch == "edsr" and variant != "plain" else
+            "block": (f"GradResConv2d ({ran})" if arch == "edsr" and variant != "plain" else
                       "GradientResidual(IDB) (reference math)" if variant != "plain" else
                       "plain residual")}
     config = dict(quick=quick, seeds=seeds, steps=steps, batch=batch, hr_patch=size,

@@ -374,7 +374,18 @@ def run_one(c: Dict, backend: str = "auto") -> Dict:
             "train_mse": train, "test_mse": test, "plateaued": bool(plateaued),
             "quarter_best_train_mse": quarter_best, "seconds": seconds,
             "mechanism_init": mech0, "mechanism_trained": mechanism(model, x),
-            "backend": backend, "torch": torch.__version__, "schedule": SCHEDULE}
+            "backend": backend, "backend_ran": backend_ran(c["model"], backend),
+            "torch": torch.__version__, "schedule": SCHEDULE}
+
+
+def backend_ran(model: str, backend: str) -> Optional[str]:
+    """The gradres_fused backend that `backend` resolves to for the study's float32 CPU tensors
+    (`auto`: the first available of triton, cpp, composite), or None for a model without
+    gradient residual blocks. Records before this field existed do not say which ran."""
+    if model not in GRADRES_MODELS:
+        return None
+    import gradres_fused as gf
+    return gf.backends.get_backend(backend, torch.device("cpu"), torch.float32).name
 
 
 def _worker(args):
@@ -762,6 +773,17 @@ def convergence(runs: List[Dict]) -> Tuple[str, List[Dict]]:
     return md, out
 
 
+def backends_line(runs: List[Dict]) -> str:
+    """Which gradres_fused backend ran the gradient residual models' runs, by count."""
+    ran: Dict[str, int] = {}
+    for r in runs:
+        if r["config"]["model"] in GRADRES_MODELS:
+            name = r.get("backend_ran") or "not recorded"
+            ran[name] = ran.get(name, 0) + 1
+    return ("Backend of the gradient residual runs: " +
+            ", ".join(f"{n} {b}" for b, n in sorted(ran.items())) + "." if ran else "")
+
+
 def report(runs: List[Dict], out: str, name: str = "study") -> List[str]:
     """Markdown + JSON summary and the k × model heat maps, one per activation."""
     by = cells(runs)
@@ -793,7 +815,7 @@ def report(runs: List[Dict], out: str, name: str = "study") -> List[str]:
           "last quarter of the steps within 10% of the third quarter's, or below 1e-5. "
           f"{len(runs)} runs" + (f" ({copied} of them SIREN or MGDL runs recorded for "
                                  "another activation: the same training, trained once)"
-                                 if copied else "") + ".\n\n" +
+                                 if copied else "") + ". " + backends_line(runs) + "\n\n" +
           "\n".join([screen_md, ver_md, comp_md, conv_md, abl_md, mech_md]) +
           "\n## Every cell\n\nTest MSE mean ± 95% CI over seeds.\n\n" +
           table(["activation", "k", "model", "params", "depth", "seeds", "test MSE",

@@ -26,6 +26,20 @@ def test_a_study_resumes_without_redoing_runs(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "3 already in" in out and "1 to run" in out
     assert len(again) == 4 and len({r["key"] for r in again}) == 4
+    assert all(r["backend_ran"] == study.backend_ran(r["config"]["model"], "auto") for r in again)
+
+
+def test_records_name_the_backend_that_ran(monkeypatch):
+    import gradres_fused as gf
+    assert study.backend_ran("resnet", "auto") is None  # no gradient residual block
+    assert study.backend_ran("gradres_learn", "auto") in gf.available_backends()
+    assert study.backend_ran("gradres", "reference") == "reference"
+    monkeypatch.setenv("GRADRES_BACKEND", "composite")
+    assert study.backend_ran("gradres_2nd", "auto") == "composite"
+    runs = [dict(_record(1, "tanh", "gradres", 1e-3), backend_ran="cpp"),
+            _record(1, "tanh", "gradres_learn", 1e-3), _record(1, "tanh", "resnet", 1e-3)]
+    assert study.backends_line(runs) == ("Backend of the gradient residual runs: 1 cpp, "
+                                         "1 not recorded.")
 
 
 def test_key_ignores_the_stage_and_orders_the_ablation():
