@@ -10,7 +10,7 @@ import platform
 import random
 import time
 from datetime import datetime, timezone
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -123,16 +123,21 @@ def legend_outside(ax, **kwargs) -> None:
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, **kwargs)
 
 
+def backend_that_runs(backend: str = "auto", device: Optional[torch.device] = None) -> str:
+    """The gradres_fused backend `backend` resolves to for float32 tensors on `device` (default:
+    CUDA when present, else CPU), as the blocks resolve it: `auto` honours GRADRES_BACKEND and
+    falls back to `composite` (same formulas, unfused) where the C++ extension is not built."""
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return gf.backends.get_backend(backend, device, torch.float32).name
+
+
 def environment() -> Dict:
     return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "torch": torch.__version__, "python": platform.python_version(),
             "machine": platform.machine(), "cpus": os.cpu_count(),
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-            "backends": gf.available_backends(),
-            # what backend="auto" runs for float32 tensors on that device (GRADRES_BACKEND aside)
-            "auto_backend": gf.backends.get_backend(
-                "auto", torch.device("cuda" if torch.cuda.is_available() else "cpu"),
-                torch.float32).name}
+            "backends": gf.available_backends(), "auto_backend": backend_that_runs("auto")}
 
 
 def write(out_dir: str, name: str, payload: Dict, markdown: str, json_path=None) -> List[str]:

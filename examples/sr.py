@@ -32,8 +32,9 @@ from torch import nn
 
 import gradres_fused as gf
 
-from .common import (legend_outside, mean_ci95, n_params, parse_args, parser, pm, progress,
-                     save_figure, seed_all, table, timed, welch_ci95, welch_half_width, write)
+from .common import (backend_that_runs, legend_outside, mean_ci95, n_params, parse_args, parser,
+                     pm, progress, save_figure, seed_all, table, timed, welch_ci95,
+                     welch_half_width, write)
 
 TRAIN = ["astronaut.png", "hubble_deep_field.jpg", "ihc.png", "retina.jpg", "rocket.jpg",
          "motorcycle_left.png"]
@@ -253,9 +254,7 @@ def main(argv=None):
         raw.setdefault((arch, variant), []).append(
             train_eval(arch, variant, seed, steps, batch, size, train_imgs, test_imgs, quick,
                        args.backend))
-    # the backend GradResConv2d ran: `auto` falls back to composite where the C++ extension is
-    # not built (same formulas, not fused), so the label says which
-    ran = gf.backends.get_backend(args.backend, torch.device("cpu"), torch.float32).name
+    ran = backend_that_runs(args.backend, torch.device("cpu"))  # the label says which ran
     for (arch, variant), runs in raw.items():
         psnr = [float(np.mean([p for p, _ in scores])) for scores, _, _ in runs]
         ssim = [float(np.mean([s for _, s in scores])) for scores, _, _ in runs]

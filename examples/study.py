@@ -49,13 +49,14 @@ import multiprocessing as mp
 import os
 import sys
 import time
+from collections import Counter
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import nn
 
-from .common import (RESULTS, QUICK_RESULTS, FourierLift, Lifted, MGDL, Siren, mean_ci95,
-                     n_params, save_figure, table, welch_ci95)
+from .common import (RESULTS, QUICK_RESULTS, FourierLift, Lifted, MGDL, Siren, backend_that_runs,
+                     mean_ci95, n_params, save_figure, table, welch_ci95)
 
 ACTIVATIONS = ["relu", "tanh", "sin", "gelu", "silu"]
 FREQUENCIES = [1, 2, 4, 8, 16, 32, 64]
@@ -382,10 +383,7 @@ def backend_ran(model: str, backend: str) -> Optional[str]:
     """The gradres_fused backend that `backend` resolves to for the study's float32 CPU tensors
     (`auto`: the first available of triton, cpp, composite), or None for a model without
     gradient residual blocks. Records before this field existed do not say which ran."""
-    if model not in GRADRES_MODELS:
-        return None
-    import gradres_fused as gf
-    return gf.backends.get_backend(backend, torch.device("cpu"), torch.float32).name
+    return backend_that_runs(backend, torch.device("cpu")) if model in GRADRES_MODELS else None
 
 
 def _worker(args):
@@ -775,11 +773,8 @@ def convergence(runs: List[Dict]) -> Tuple[str, List[Dict]]:
 
 def backends_line(runs: List[Dict]) -> str:
     """Which gradres_fused backend ran the gradient residual models' runs, by count."""
-    ran: Dict[str, int] = {}
-    for r in runs:
-        if r["config"]["model"] in GRADRES_MODELS:
-            name = r.get("backend_ran") or "not recorded"
-            ran[name] = ran.get(name, 0) + 1
+    ran = Counter(r.get("backend_ran") or "not recorded" for r in runs
+                  if r["config"]["model"] in GRADRES_MODELS)
     return ("Backend of the gradient residual runs: " +
             ", ".join(f"{n} {b}" for b, n in sorted(ran.items())) + "." if ran else "")
 
