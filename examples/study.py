@@ -380,9 +380,9 @@ def run_one(c: Dict, backend: str = "auto") -> Dict:
 
 
 def backend_ran(model: str, backend: str) -> Optional[str]:
-    """The gradres_fused backend that `backend` resolves to for the study's float32 CPU tensors
-    (`auto`: the first available of triton, cpp, composite), or None for a model without
-    gradient residual blocks. Records before this field existed do not say which ran."""
+    """`common.backend_that_runs` for the study's float32 CPU tensors (`auto`: `cpp` where the
+    extension is built, else `composite`), or None for a model without gradient residual
+    blocks. Records before this field existed do not say which ran."""
     return backend_that_runs(backend, torch.device("cpu")) if model in GRADRES_MODELS else None
 
 
