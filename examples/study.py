@@ -569,15 +569,16 @@ def screening(runs: List[Dict], budget: int = 17000, depth: int = 4) -> Tuple[st
 
 
 def mechanism_table(runs: List[Dict]) -> Tuple[str, List[Dict]]:
-    """The mechanism diagnostic of the first gradient residual block (the gradient residual
-    runs at 17k parameters and depth 4, without ablations, at the stages' step budget):
+    """The mechanism diagnostic of the first gradient residual block (every gradient residual
+    run — m = 1, learnable m, second order — at 17k parameters and depth 4, without ablations,
+    at the stages' step budget):
     distinct ĝ directions over the 1,024 inputs and 1 − the mean cosine between neighbouring
     inputs' ĝ, at initialization and after training, per activation and k."""
     by = cells(runs)
     rows, out = [], []
     for act in ACTIVATIONS:
         for k in FREQUENCIES:
-            sel = [r for m in ("gradres", "gradres_learn")
+            sel = [r for m in GRADRES_MODELS
                    for r in by.get((k, act, m, 17000, 4), []) if r.get("mechanism_init")]
             if not sel:
                 continue
@@ -593,7 +594,8 @@ def mechanism_table(runs: List[Dict]) -> Tuple[str, List[Dict]]:
                          f"{d['distinct_trained']:.0f}", f"{d['one_minus_cos_init']:.1e}",
                          f"{d['one_minus_cos_trained']:.1e}"])
     md = ("## Mechanism diagnostic (first block; gradient residual runs at 17k parameters, depth 4, "
-          f"{STEPS} steps, no ablation)\n\nDistinct ĝ "
+          f"{STEPS} steps, no ablation)\n\nEvery gradient residual model's runs (m = 1, learnable "
+          "m, second order). Distinct ĝ "
           "directions over the 1,024 sorted training inputs (rows equal after rounding to 1e-6) "
           "and 1 − the mean cosine between neighbouring inputs' ĝ (0: neighbours share a "
           "direction; 2: opposite), at initialization and after training; means over the runs."
